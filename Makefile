@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (see README): `make reproduce` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= default
+STAMP  := $(VENV)/.bdlib-installed
+
+.PHONY: venv reproduce test smoke clean-data
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "bdlib needs Python 3.11, found " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name bdlib --display-name "Python 3.11 (bdlib)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run every notebook headless with papermill on the embedded dataset
+reproduce: $(STAMP)
+	$(PY) -m bdlib run --profile $(PROFILE)
+
+## unit tests + nbval over every notebook under the smoke profile
+test: $(STAMP)
+	BDLIB_PROFILE=smoke $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks
+
+smoke: $(STAMP)
+	$(PY) -m bdlib run --profile smoke
+
+clean-data:
+	rm -rf data/embedded data/store data/executed

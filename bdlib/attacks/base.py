@@ -1,0 +1,109 @@
+"""The attack interface: a trigger plus a poisoning rule.
+
+Why two domains: the GN-FT paper's BadNets-audio stamps a patch on the MFCC map (a
+trigger that exists only in feature space), while every physically playable trigger
+(noise burst, ultrasonic tone, music, style, FlowMur) acts on the waveform. An attack
+declares its ``domain``; :func:`triggered_features` routes a clean waveform batch through
+the right path, so training, metrics and defenses never need to know which it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+
+from ..audio import snr_db
+
+
+class Attack:
+    """Base class. Subclasses set ``name``, ``domain``, ``Config`` and implement
+    :meth:`apply` (waveform domain) or :meth:`apply_features` (feature domain)."""
+
+    name: ClassVar[str] = "attack"
+    domain: ClassVar[Literal["waveform", "features"]] = "waveform"
+    #: "dirty": poisoned clips are relabelled to the target; "clean": target-class clips only
+    labeling: ClassVar[Literal["dirty", "clean"]] = "dirty"
+    Config: ClassVar[type]
+
+    def __init__(self, config, seed: int = 0):
+        self.config = config
+        self.seed = seed
+
+    # --- the trigger -----------------------------------------------------------------
+    def apply(self, waves: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Return triggered copies of ``waves`` (N, samples), same shape/dtype, in [-1, 1]."""
+        raise NotImplementedError(f"{self.name} is a {self.domain}-domain attack")
+
+    def apply_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Return triggered copies of feature maps (N, 1, frames, coefficients)."""
+        raise NotImplementedError(f"{self.name} is a {self.domain}-domain attack")
+
+    def trigger_snr_db(self, waves: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Clip-to-trigger SNR per clip (dB); NaN for feature-domain triggers, which have
+        no waveform to measure."""
+        if self.domain != "waveform":
+            return np.full(len(waves), np.nan)
+        return snr_db(waves, self.apply(waves, sample_rate))
+
+    # --- the poisoning rule ----------------------------------------------------------
+    def select_poison(self, labels: np.ndarray, rate: float, target: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of the training clips to poison (sorted)."""
+        return poison_indices(labels, rate, target, rng, labeling=self.labeling)
+
+    def describe(self) -> dict:
+        return {"attack": self.name, "domain": self.domain, "labeling": self.labeling, **vars(self.config)}
+
+
+def poison_indices(labels: np.ndarray, rate: float, target: int, rng: np.random.Generator,
+                   labeling: str = "dirty") -> np.ndarray:
+    """Exactly ``round(rate × N)`` clips.
+
+    Dirty-label (BadNets, Gu et al. 2017): drawn among non-target clips, which are then
+    relabelled to the target, so every poisoned clip carries a wrong label. Clean-label
+    (FlowMur's setting): ``rate`` is a fraction of the *target class*, labels unchanged.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"poisoning rate must be in [0, 1], got {rate}")
+    if labeling == "dirty":
+        pool = np.flatnonzero(labels != target)
+        n = int(round(rate * len(labels)))
+    elif labeling == "clean":
+        pool = np.flatnonzero(labels == target)
+        n = int(round(rate * len(pool)))
+    else:
+        raise ValueError(f"unknown labeling {labeling!r}; valid: 'dirty', 'clean'")
+    if n > len(pool):
+        raise ValueError(f"cannot poison {n} clips: only {len(pool)} eligible ({labeling}-label, target {target})")
+    return np.sort(rng.choice(pool, size=n, replace=False))
+
+
+def triggered_features(attack: Attack, waves: np.ndarray, sample_rate: int, extractor) -> torch.Tensor:
+    """Features of triggered clips, whichever domain the trigger lives in."""
+    if attack.domain == "waveform":
+        return extractor(attack.apply(waves, sample_rate))
+    return attack.apply_features(extractor(waves))
+
+
+@dataclass
+class PoisonedTrainSet:
+    features: torch.Tensor
+    labels: torch.Tensor
+    poison_idx: np.ndarray  # indices into the training split that carry the trigger
+
+
+def poison_training_set(attack: Attack, waves: np.ndarray, labels: np.ndarray, clean_feats: torch.Tensor,
+                        sample_rate: int, extractor, rate: float, target: int, seed: int) -> PoisonedTrainSet:
+    """Replace the selected clips' features by triggered ones (and relabel, if dirty-label).
+
+    Only the poisoned rows are re-featurised; the clean features are reused.
+    """
+    idx = attack.select_poison(labels, rate, target, np.random.default_rng(seed))
+    feats = clean_feats.clone()
+    new_labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).clone()
+    if len(idx):
+        feats[idx] = triggered_features(attack, waves[idx], sample_rate, extractor)
+        new_labels[idx] = target
+    return PoisonedTrainSet(feats, new_labels, idx)

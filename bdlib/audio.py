@@ -1,0 +1,97 @@
+"""Waveform utilities: checked I/O with soundfile, fixed-length framing, resampling, SNR.
+
+Why soundfile: torchaudio >= 2.9 routes ``load``/``save`` through torchcodec, which this
+project does not install; soundfile (libsndfile) is small, reads every wav variant and
+lets us give errors that name the offending file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+
+class AudioFileError(ValueError):
+    """A wav that is unreadable, empty or at the wrong sample rate; the message names it."""
+
+
+def read_wav(path: str | os.PathLike, expected_sr: int | None = None, *, resample: bool = False) -> np.ndarray:
+    """Read a mono float32 waveform in [-1, 1].
+
+    Multi-channel files are averaged to mono. A file at a rate other than ``expected_sr``
+    is an error unless ``resample`` is set, because a silently wrong rate shifts every
+    frequency-domain trigger (an ultrasonic trigger vanishes below 22.05 kHz).
+    """
+    path = Path(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError/TypeError
+        raise AudioFileError(f"cannot read audio file {path}: {exc}") from exc
+    if data.size == 0:
+        raise AudioFileError(f"audio file {path} is empty (0 samples)")
+    wav = data.mean(axis=1)
+    if expected_sr is not None and sr != expected_sr:
+        if not resample:
+            raise AudioFileError(f"audio file {path} has sample rate {sr} Hz, expected {expected_sr} Hz")
+        wav = resample_np(wav, sr, expected_sr)
+    if not np.all(np.isfinite(wav)):
+        raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
+    return wav.astype(np.float32)
+
+
+def write_wav(path: str | os.PathLike, wav: np.ndarray, sr: int) -> None:
+    """Write 16-bit PCM atomically (temp file + rename), so an interrupt never leaves a
+    truncated wav that a later run would trust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def resample_np(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) of one or a batch of waveforms."""
+    if orig_sr == new_sr:
+        return np.asarray(wav, dtype=np.float32)
+    out = AF.resample(torch.as_tensor(np.asarray(wav, dtype=np.float32)), orig_sr, new_sr)
+    return out.numpy()
+
+
+def fit_length(wav: np.ndarray, length: int, onset: int = 0) -> np.ndarray:
+    """Place ``wav`` at sample ``onset`` of a zero buffer of ``length`` samples (cropping
+    whatever does not fit). Used to pad/crop speech to the 1 s clips of Speech Commands."""
+    out = np.zeros(length, dtype=np.float32)
+    onset = int(np.clip(onset, 0, max(length - 1, 0)))
+    n = min(len(wav), length - onset)
+    out[onset : onset + n] = wav[:n]
+    return out
+
+
+def rms(x: np.ndarray, axis=-1) -> np.ndarray:
+    return np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=axis))
+
+
+def snr_db(clean: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
+    """Signal-to-trigger ratio 10·log10(‖x‖² / ‖x' − x‖²) per clip (last axis = time).
+
+    This is the usual stealthiness measure of audio triggers (e.g. FlowMur mixes its
+    trigger at 30 dB). Returns +inf where the clip is unchanged.
+    """
+    clean = np.asarray(clean, dtype=np.float64)
+    noise = np.asarray(perturbed, dtype=np.float64) - clean
+    p_sig = np.sum(clean**2, axis=-1)
+    p_noise = np.sum(noise**2, axis=-1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(p_sig / p_noise)
+
+
+def scale_to_snr(clean: np.ndarray, trigger: np.ndarray, snr: float) -> np.ndarray:
+    """Scale ``trigger`` so that ``clean + trigger`` has the requested SNR (dB) per clip."""
+    p_sig = np.sum(np.square(clean, dtype=np.float64), axis=-1, keepdims=True)
+    p_trig = np.sum(np.square(trigger, dtype=np.float64), axis=-1, keepdims=True)
+    gain = np.sqrt(p_sig / (np.maximum(p_trig, 1e-20) * 10 ** (snr / 10.0)))
+    return (trigger * gain).astype(np.float32)

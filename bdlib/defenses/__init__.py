@@ -1,0 +1,22 @@
+"""Defense registry: ``make_defense(name, seed=..., **knobs)``.
+
+A new defense is one module defining a :class:`Defense` subclass plus one line below.
+"""
+from __future__ import annotations
+
+from ..registry import Registry, build_config
+from .base import CleanData, Defense, clean_subset_indices
+from .ft import FineTuning
+from .gnft import GNFT
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES.add("ft", FineTuning)
+DEFENSES.add("gnft", GNFT)
+
+
+def make_defense(name: str, seed: int = 0, **knobs) -> Defense:
+    cls = DEFENSES.get(name)
+    return cls(build_config(cls.Config, knobs, f"{name} defense"), seed=seed)
+
+
+__all__ = ["DEFENSES", "CleanData", "Defense", "clean_subset_indices", "make_defense"]

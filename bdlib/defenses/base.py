@@ -1,0 +1,60 @@
+"""The defense interface: ``defend(model, clean, config) -> model``.
+
+Model-level defenses (GN-FT paper, Sec. 2) start from a trained, possibly backdoored
+model and a small set of clean, correctly labelled clips held by the defender; they
+return a repaired model of the same architecture. Every defense takes a dataclass config
+whose unknown keys are rejected by name (see ``bdlib.registry.build_config``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class CleanData:
+    """The defender's clean subset as features + labels."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+        if len(self.features) == 0:
+            raise ValueError("the defense got zero clean samples; raise clean_fraction or give it clean data")
+        if len(self.features) != len(self.labels):
+            raise ValueError(f"{len(self.features)} clean features but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def clean_subset_indices(n_train: int, fraction: float, seed: int) -> np.ndarray:
+    """The defender's clean clips: ``round(fraction × n_train)`` training indices (sorted)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"clean_fraction must be in (0, 1], got {fraction}")
+    n = int(round(fraction * n_train))
+    if n == 0:
+        raise ValueError(f"clean_fraction {fraction} of {n_train} training clips is zero clean samples")
+    return np.sort(np.random.default_rng([seed, 7]).choice(n_train, size=n, replace=False))
+
+
+class Defense:
+    name: ClassVar[str] = "defense"
+    Config: ClassVar[type]
+
+    def __init__(self, config, seed: int = 0):
+        self.config = config
+        self.seed = seed
+
+    def defend(self, model: nn.Module, clean: CleanData) -> nn.Module:
+        raise NotImplementedError
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.SGD:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum,
+                           weight_decay=weight_decay)

@@ -1,0 +1,59 @@
+"""The fine-tuning loop shared by FT, GN-FT and the fine-tuning stage of other defenses.
+
+A defense supplies ``grad_fn(model, x, y) -> (loss, grads)``; the loop owns batching,
+seeding, the optimiser step and the progress bar, so the defenses differ only in how
+they compute the update direction.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..training import batches
+from .base import CleanData
+
+GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[float, Sequence[torch.Tensor]]]
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def plain_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """∇θ CE(f(x), y) — vanilla fine-tuning."""
+    loss = F.cross_entropy(model(x), y)
+    return loss.item(), torch.autograd.grad(loss, trainable(model))
+
+
+def finetune(model: nn.Module, clean: CleanData, *, epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
+             grad_fn: GradFn = plain_gradient, scheduler=None, seed: int = 0, progress: bool = True,
+             desc: str = "fine-tuning") -> list[float]:
+    """Run ``epochs`` passes over the clean data; returns the mean loss per epoch."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    params = trainable(model)
+    losses = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for _ in bar:
+        model.train()
+        total, n = 0.0, 0
+        for idx in batches(len(clean), batch_size, gen):
+            if len(idx) < 2:  # BatchNorm cannot train on a single clip
+                continue
+            loss, grads = grad_fn(model, clean.features[idx], clean.labels[idx])
+            for p, g in zip(params, grads):
+                p.grad = g.detach()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss * len(idx)
+            n += len(idx)
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(total / max(n, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    model.eval()
+    return losses

@@ -1,0 +1,237 @@
+"""The experiment pipeline the notebooks call: data -> features -> (backdoored) model ->
+defense -> metrics, every step cached in the artifact store.
+
+Why a single context object: a notebook should read as the paper's protocol
+(``exp.backdoored_model("badnets")``, ``exp.defend(...)``), while the bookkeeping that
+makes results trustworthy — which clips were poisoned, which clean subset the defender
+held, which seed and commit produced a number — is done once, here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .attacks import make_attack, poison_training_set, triggered_features
+from .data.audioset import AudioSet, load_split
+from .data.synth import KEYWORDS, SAMPLE_RATE, ensure_embedded_dataset
+from .defenses import CleanData, clean_subset_indices, make_defense
+from .features import PAPER_16K, FeatureConfig, MFCCExtractor
+from .metrics import der, evaluate
+from .models import build_model
+from .profiles import Profile, get_profile
+from .store import Store, provenance
+from .training import train_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """``$BDLIB_DATA`` or the repository's ``data/`` folder."""
+    return Path(os.environ.get("BDLIB_DATA", REPO_ROOT / "data"))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Experiment:
+    profile: Profile
+    seed: int = 0
+    data_seed: int = 0
+    features_config: FeatureConfig = PAPER_16K
+    root: Path = field(default_factory=data_root)
+    progress: bool = True
+
+    # --- data ------------------------------------------------------------------------
+    @property
+    def dataset_id(self) -> str:
+        p = self.profile
+        return f"embedded-{p.speakers_train}-{p.speakers_val}-{p.speakers_test}-t{p.takes_per_word}-seed{self.data_seed}"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "embedded" / self.dataset_id
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.root / "store")
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        p = self.profile
+        return ensure_embedded_dataset(self.dataset_dir, p.speakers_train, p.speakers_val, p.speakers_test,
+                                       seed=self.data_seed, takes_per_word=p.takes_per_word, progress=self.progress)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return KEYWORDS
+
+    def split(self, name: str) -> AudioSet:
+        if name not in self._splits:
+            self._splits[name] = load_split(self.manifest, self.dataset_dir, name, self.class_names,
+                                            self.features_config.sample_rate, progress=self.progress)
+        return self._splits[name]
+
+    @cached_property
+    def _splits(self) -> dict:
+        return {}
+
+    @cached_property
+    def extractor(self) -> MFCCExtractor:
+        return MFCCExtractor(self.features_config)
+
+    def features(self, name: str) -> torch.Tensor:
+        """Clean MFCC features of a split, cached in the store."""
+        cfg = {"dataset": self.dataset_id, "split": name, "features": self.features_config.to_dict()}
+        if self.store.has("features", cfg):
+            return self.store.load_tensors("features", cfg)["x"]
+        x = self.extractor(self.split(name).waves)
+        self.store.save("features", cfg, {"shape": list(x.shape)}, {"x": x})
+        return x
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return tuple(self.features("test").shape[-2:])
+
+    # --- configs (the store keys) ------------------------------------------------------
+    def _base_config(self, model: str) -> dict:
+        p = self.profile
+        return {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "model": model,
+                "seed": self.seed, "train_epochs": p.train_epochs, "train_batch_size": p.train_batch_size,
+                "train_lr": p.train_lr}
+
+    def attack_config(self, attack: str | None, model: str = "smallcnn", rate: float | None = None,
+                      target: int | None = None, **knobs) -> dict:
+        cfg = self._base_config(model)
+        if attack is None:
+            return {**cfg, "attack": None}
+        atk = make_attack(attack, seed=self.seed, **knobs)  # validates the knobs
+        return {**cfg, "attack": attack, "attack_knobs": vars(atk.config),
+                "poison_rate": self.profile.poison_rate if rate is None else rate,
+                "target": self.profile.target_label if target is None else target}
+
+    # --- models ----------------------------------------------------------------------
+    def triggered_test(self, attack: str, **knobs) -> tuple[torch.Tensor, np.ndarray]:
+        """Triggered features of the *non-target* test clips, and their true labels."""
+        test = self.split("test")
+        target = self.profile.target_label
+        keep = test.labels != target
+        atk = make_attack(attack, seed=self.seed, **knobs)
+        return triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor), test.labels[keep]
+
+    def backdoored_model(self, attack: str | None, model: str = "smallcnn", rate: float | None = None,
+                         target: int | None = None, **knobs) -> tuple[torch.nn.Module, dict]:
+        """Train (or load from the store) a victim on the poisoned training set.
+
+        ``attack=None`` trains the clean reference model. Returns (model, record) where
+        the record holds config, metrics, poisoned indices, seed and git commit.
+        """
+        cfg = self.attack_config(attack, model, rate, target, **knobs)
+        net = build_model(model, self.input_shape, len(self.class_names))
+        if self.store.has("models", cfg):
+            self.store.load_model_into("models", cfg, net)
+            return net, {"config": cfg, "metrics": self.store.load_metrics("models", cfg),
+                         "path": str(self.store.path("models", cfg))}
+        train = self.split("train")
+        feats = self.features("train")
+        labels = torch.as_tensor(train.labels)
+        poison_idx = np.zeros(0, dtype=int)
+        if attack is not None:
+            atk = make_attack(attack, seed=self.seed, **knobs)
+            poisoned = poison_training_set(atk, train.waves, train.labels, feats, train.sample_rate, self.extractor,
+                                           cfg["poison_rate"], cfg["target"], seed=self.seed)
+            feats, labels, poison_idx = poisoned.features, poisoned.labels, poisoned.poison_idx
+        t0 = time.perf_counter()
+        history = train_model(net, feats, labels, epochs=self.profile.train_epochs,
+                              batch_size=self.profile.train_batch_size, lr=self.profile.train_lr, seed=self.seed,
+                              progress=self.progress, desc=f"training {model} ({attack or 'clean'})")
+        metrics = {"train_time_s": time.perf_counter() - t0, "history": history,
+                   "poison_idx": poison_idx.tolist(), "n_poisoned": int(len(poison_idx)), "n_train": len(train),
+                   **self.evaluate(net, attack, **(knobs if attack else {})), **provenance()}
+        path = self.store.save_model("models", cfg, net, metrics)
+        return net.eval(), {"config": cfg, "metrics": metrics, "path": str(path)}
+
+    def evaluate(self, net, attack: str | None, **knobs) -> dict:
+        test = self.split("test")
+        acc_only = evaluate(net, self.features("test"), test.labels, self.features("test")[:0], test.labels[:0],
+                            self.profile.target_label)
+        if attack is None:
+            return {"acc": acc_only["acc"], "asr": float("nan"), "ra": float("nan")}
+        trig, trig_labels = self.triggered_test(attack, **knobs)
+        return evaluate(net, self.features("test"), test.labels, trig, trig_labels, self.profile.target_label)
+
+    # --- defenses --------------------------------------------------------------------
+    def clean_data(self, fraction: float | None = None) -> tuple[CleanData, np.ndarray]:
+        fraction = self.profile.clean_fraction if fraction is None else fraction
+        train = self.split("train")
+        idx = clean_subset_indices(len(train), fraction, self.seed)
+        return CleanData(self.features("train")[idx], train.labels[idx]), idx
+
+    def defend(self, defense: str, attack: str, model: str = "smallcnn", clean_fraction: float | None = None,
+               attack_knobs: dict | None = None, **defense_knobs) -> dict:
+        """Apply a defense to the stored backdoored model; returns the result record."""
+        attack_knobs = attack_knobs or {}
+        defense_knobs = {"epochs": self.profile.defense_epochs, "batch_size": self.profile.defense_batch_size,
+                         **defense_knobs}
+        dfn = make_defense(defense, seed=self.seed, **defense_knobs)  # validates knobs early
+        fraction = self.profile.clean_fraction if clean_fraction is None else clean_fraction
+        victim, rec = self.backdoored_model(attack, model, **attack_knobs)
+        cfg = {"victim": rec["config"], "defense": defense, "defense_knobs": asdict(dfn.config),
+               "clean_fraction": fraction, "seed": self.seed}
+        if self.store.has("defenses", cfg):
+            return {"config": cfg, "metrics": self.store.load_metrics("defenses", cfg),
+                    "path": str(self.store.path("defenses", cfg))}
+        clean, clean_idx = self.clean_data(fraction)
+        before = {k: rec["metrics"][k] for k in ("acc", "asr", "ra")}
+        net = copy.deepcopy(victim)
+        t0 = time.perf_counter()
+        net = dfn.defend(net, clean, progress=self.progress)
+        elapsed = time.perf_counter() - t0
+        after = self.evaluate(net, attack, **attack_knobs)
+        metrics = {"before": before, "after": after, "der": der(before, after), "time_s": elapsed,
+                   "peak_rss_mb": _peak_rss_mb(), "clean_idx": clean_idx.tolist(), "n_clean": len(clean_idx),
+                   **provenance()}
+        path = self.store.save_model("defenses", cfg, net, metrics)
+        return {"config": cfg, "metrics": metrics, "path": str(path)}
+
+    # --- tables ----------------------------------------------------------------------
+    def results_table(self) -> pd.DataFrame:
+        """One row per stored defense run of this profile/seed/dataset."""
+        mine = [r for r in self.store.records("defenses")
+                if r["config"]["victim"]["dataset"] == self.dataset_id and r["config"]["seed"] == self.seed
+                and r["config"]["victim"]["train_epochs"] == self.profile.train_epochs]
+        return records_table(mine)
+
+
+def defense_label(config: dict) -> str:
+    """``gnft-approx`` / ``gnft-exact`` for GN-FT, the registry name otherwise."""
+    mode = config["defense_knobs"].get("mode")
+    return f"{config['defense']}-{mode}" if mode else config["defense"]
+
+
+def records_table(records: list[dict]) -> pd.DataFrame:
+    """Defense records (from :meth:`Experiment.defend` or the store) as a flat table."""
+    rows = []
+    for r in records:
+        c, m = r["config"], r["metrics"]
+        rows.append({"attack": c["victim"]["attack"], "model": c["victim"]["model"], "defense": defense_label(c),
+                     "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
+                     "acc_after": m["after"]["acc"], "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"],
+                     "der": m["der"], "time_s": m["time_s"], "defense_knobs": json.dumps(c["defense_knobs"])})
+    return pd.DataFrame(rows)
+
+
+def load_experiment(profile: str | Profile = "default", seed: int = 0, progress: bool = True, **overrides) -> Experiment:
+    """Entry point for notebooks: ``exp = load_experiment(profile, seed)``."""
+    return Experiment(get_profile(profile, **overrides), seed=seed, progress=progress)

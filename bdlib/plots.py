@@ -1,0 +1,45 @@
+"""Figure helpers for the notebooks: waveform + spectrogram panels, MFCC maps, saving.
+
+Why a helper for saving: every figure must land in ``figures/`` under a stable name, but
+only runs of the ``default`` profile (the committed results) may overwrite those;
+smoke/paper runs write to ``data/figures/<profile>/`` instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .pipeline import REPO_ROOT, data_root
+
+
+def figure_path(name: str, profile: str) -> Path:
+    folder = REPO_ROOT / "figures" if profile == "default" else data_root() / "figures" / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.png"
+
+
+def save_figure(fig, name: str, profile: str) -> Path:
+    path = figure_path(name, profile)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def wave_and_spectrogram(axes, wave: np.ndarray, sr: int, title: str, max_hz: float | None = None) -> None:
+    """Top: the waveform; bottom: a log-power spectrogram (dB)."""
+    t = np.arange(len(wave)) / sr
+    axes[0].plot(t, wave, lw=0.6)
+    axes[0].set(title=title, xlabel="time (s)", ylim=(-1, 1))
+    axes[1].specgram(wave, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
+    axes[1].set(xlabel="time (s)", ylabel="Hz")
+    if max_hz:
+        axes[1].set_ylim(0, max_hz)
+
+
+def mfcc_map(ax, feats: torch.Tensor, title: str) -> None:
+    """An MFCC map (frames × coefficients) drawn coefficients-up, time-right."""
+    im = ax.imshow(np.asarray(feats).squeeze().T, origin="lower", aspect="auto", cmap="viridis")
+    ax.set(title=title, xlabel="frame", ylabel="MFCC coefficient")
+    plt.colorbar(im, ax=ax)

@@ -1,0 +1,65 @@
+"""Run the notebooks headless with papermill, in order, under one profile.
+
+Why: "regenerate every table and figure from one command". Notebooks are executed in
+their numeric order (data -> attacks -> defenses -> results) with the ``profile`` and
+``seed`` parameters injected; a failure stops the run and names the notebook and cell.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .profiles import PROFILES
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "bdlib"
+
+
+def notebooks(directory: Path = NOTEBOOK_DIR, only: str | None = None) -> list[Path]:
+    found = sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if re.search(only, p.name)]
+    return found
+
+
+def _kernel_name() -> str:
+    """The registered ``bdlib`` kernel if present, else this interpreter's own."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = None, only: str | None = None,
+            log_output: bool = False) -> int:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    PROFILES.get(profile)  # fail fast, listing the valid profiles
+    nbs = notebooks(only=only)
+    if not nbs:
+        print(f"no notebooks matched in {NOTEBOOK_DIR}", file=sys.stderr)
+        return 2
+    # the committed notebooks carry the default profile's outputs; other profiles write elsewhere
+    if output_dir is None and profile != "default":
+        output_dir = NOTEBOOK_DIR.parent / "data" / "executed" / profile
+    kernel = _kernel_name()
+    bar = tqdm(nbs, desc=f"notebooks ({profile})", unit="nb")
+    for nb in bar:
+        bar.set_postfix_str(nb.name)
+        out = (output_dir / nb.name) if output_dir else nb
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"profile": profile, "seed": seed}, kernel_name=kernel,
+                                cwd=str(nb.parent), progress_bar=False, log_output=log_output)
+        except PapermillExecutionError as exc:
+            bar.close()
+            print(f"\nFAILED: {nb.name}, cell {exc.exec_count} (index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
+                  f"the partially executed notebook is at {out}", file=sys.stderr)
+            return 1
+        tqdm.write(f"{nb.name}: {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Supervised training and batched inference on feature tensors.
+
+The victim is trained the way the GN-FT authors train theirs (Adam, cross-entropy on
+the poisoned training set; their code: ``badnets.py``), with epochs, batch size and
+learning rate taken from the profile. Seeds are passed in explicitly; each call seeds
+torch's generator for dropout and its own generator for shuffling.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Yield index tensors covering ``range(n)``; shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+                lr: float, seed: int, weight_decay: float = 0.0, progress: bool = True, desc: str = "training") -> list[dict]:
+    """Adam + cross-entropy for ``epochs``; returns per-epoch loss and training accuracy."""
+    if len(feats) == 0:
+        raise ValueError("cannot train on an empty training set")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    history = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for epoch in bar:
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for idx in batches(len(feats), batch_size, gen):
+            x, y = feats[idx], labels[idx]
+            if len(idx) < 2:  # BatchNorm cannot train on a single clip
+                continue
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(idx)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_acc']:.3f}")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, feats: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Class predictions in eval mode (BatchNorm running stats, no dropout)."""
+    was_training = model.training
+    model.eval()
+    preds = [model(feats[i : i + batch_size]).argmax(1) for i in range(0, len(feats), batch_size)]
+    model.train(was_training)
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)

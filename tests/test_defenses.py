@@ -1,0 +1,112 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bdlib.defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
+from bdlib.defenses.gnft import approx_gradient, exact_gradient
+from bdlib.models import build_model
+from bdlib.registry import UnknownNameError
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4))
+
+
+def batch(n=32):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 3, 4, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _flat(gs):
+    return torch.cat([g.reshape(-1) for g in gs])
+
+
+@pytest.mark.parametrize("norm", ["per_tensor", "global"])
+def test_approx_matches_exact_penalty_direction_for_small_r(norm):
+    """(1−α)g1 + α g2 − g  ≈  α r ∇penalty: compare the *penalty* parts, not the whole
+    update (which is dominated by g and would agree trivially)."""
+    net, (x, y) = tiny_net(), batch()
+    alpha, r = 0.7, 1e-3
+    g = _flat(torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters())))
+    _, approx = approx_gradient(net, x, y, r=r, alpha=alpha, norm=norm)
+    _, exact = exact_gradient(net, x, y, lam=alpha * r, norm=norm)
+    pen_approx, pen_exact = _flat(approx) - g, _flat(exact) - g
+    cos = F.cosine_similarity(pen_approx, pen_exact, dim=0).item()
+    assert cos > 0.99
+    assert pen_approx.norm() / pen_exact.norm() == pytest.approx(1.0, rel=0.05)
+    # and the whole update direction agrees too
+    assert F.cosine_similarity(_flat(approx), _flat(exact), dim=0).item() > 0.999
+
+
+def test_approx_agreement_degrades_gracefully_with_r():
+    net, (x, y) = tiny_net(), batch()
+    g = _flat(torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters())))
+    _, exact = exact_gradient(net, x, y, lam=0.7 * 1e-3)
+    cos = []
+    for r in (1e-3, 0.5):
+        _, approx = approx_gradient(net, x, y, r=r, alpha=0.7)
+        cos.append(F.cosine_similarity(_flat(approx) - g, (_flat(exact) - g), dim=0).item())
+    assert cos[0] > cos[1]
+
+
+def test_approx_restores_parameters_and_bn_statistics():
+    net = build_model("smallcnn", (101, 40), 10).train()
+    x, y = torch.randn(8, 1, 101, 40), torch.randint(0, 10, (8,))
+    ref = copy.deepcopy(net)
+    F.cross_entropy(ref(x), y)  # one clean pass updates BN running stats once
+    approx_gradient(net, x, y, r=0.05, alpha=0.7)
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def _clean(n=24):
+    g = torch.Generator().manual_seed(0)
+    return CleanData(torch.randn(n, 1, 101, 40, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+@pytest.mark.parametrize("name,knobs", [("ft", {}), ("gnft", {"mode": "approx"}), ("gnft", {"mode": "exact"})])
+def test_defense_returns_same_architecture_and_changes_weights(name, knobs):
+    net = build_model("smallcnn", (101, 40), 10)
+    before = copy.deepcopy(net.state_dict())
+    out = make_defense(name, epochs=2, batch_size=8, **knobs).defend(net, _clean(), progress=False)
+    assert type(out) is type(net)
+    assert [k for k in out.state_dict()] == list(before)
+    assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
+    assert out(torch.zeros(2, 1, 101, 40)).shape == (2, 10)
+
+
+def test_gnft_penalty_lowers_gradient_norm_more_than_plain_ft():
+    """GN-FT's point: at equal step budget it ends at a flatter point than plain SGD."""
+    x, y = batch(64)
+    def run(alpha):
+        net = tiny_net()
+        make_defense("gnft", epochs=60, batch_size=64, r=0.5, alpha=alpha, lr=0.2).defend(net, CleanData(x, y), progress=False)
+        g = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+        return _flat(g).norm().item()
+    assert run(alpha=0.9) < run(alpha=0.0)
+
+
+def test_bad_defense_input_is_explained():
+    with pytest.raises(ValueError, match="zero clean samples"):
+        CleanData(torch.zeros(0, 1, 101, 40), torch.zeros(0))
+    with pytest.raises(ValueError, match="zero clean samples"):
+        clean_subset_indices(10, 0.01, seed=0)
+    with pytest.raises(UnknownNameError, match="'lamda'.*valid options: mode, r, alpha"):
+        make_defense("gnft", lamda=0.1)
+    with pytest.raises(ValueError, match="valid: approx, exact"):
+        make_defense("gnft", mode="hessian")
+    with pytest.raises(UnknownNameError, match="valid defenses: ft, gnft"):
+        make_defense("fine-pruning")
+    assert DEFENSES.names() == ["ft", "gnft"]
+
+
+def test_clean_subset_is_exact_and_seeded():
+    a = clean_subset_indices(1000, 0.05, seed=3)
+    assert len(a) == 50 and len(set(a)) == 50
+    np.testing.assert_array_equal(a, clean_subset_indices(1000, 0.05, seed=3))
+    assert not np.array_equal(a, clean_subset_indices(1000, 0.05, seed=4))

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from bdlib.metrics import attack_success_rate, der, evaluate, robust_accuracy
+
+
+class Oracle(nn.Module):
+    """Predicts class feats[..., 0, 0] (so tests control every prediction)."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+
+def feats_predicting(preds):
+    f = torch.zeros(len(preds), 1, 2, 2)
+    f[:, 0, 0, 0] = torch.as_tensor(preds, dtype=torch.float)
+    return f
+
+
+def test_asr_excludes_target_class_clips():
+    true = np.array([2, 2, 2, 0, 1, 3])
+    preds = np.array([2, 2, 2, 2, 1, 3])  # target clips "hit" trivially; 1 of 3 others flips
+    f = feats_predicting(preds)
+    assert attack_success_rate(Oracle(), f, true, target=2) == pytest.approx(1 / 3)
+    assert robust_accuracy(Oracle(), f, true, target=2) == pytest.approx(2 / 3)
+
+
+def test_evaluate_reports_all_three():
+    m = evaluate(Oracle(), feats_predicting([0, 1]), [0, 0], feats_predicting([2, 2]), [0, 1], target=2)
+    assert m == {"acc": 0.5, "asr": 1.0, "ra": 0.0}
+
+
+def test_der_matches_backdoorbench_definition():
+    before = {"acc": 0.95, "asr": 1.0}
+    assert der(before, {"acc": 0.95, "asr": 0.0}) == 1.0
+    assert der(before, before) == 0.5
+    assert der(before, {"acc": 0.85, "asr": 0.2}) == pytest.approx((0.8 - 0.1 + 1) / 2)
+    assert der(before, {"acc": 0.99, "asr": 1.0}) == 0.5  # gains are not rewarded

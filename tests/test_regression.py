@@ -1,0 +1,41 @@
+"""Smoke-profile metrics against committed reference values (recommenders-style).
+
+The smoke profile is tiny, so its numbers are not claims about the method; they are a
+tripwire: a change that shifts any of them by more than ``TOLERANCE`` (absolute, on
+fractions) changed behaviour and must either be fixed or re-baselined on purpose with
+``BDLIB_UPDATE_REFERENCE=1 make test``. Training is seeded and runs on the CPU; the
+tolerance absorbs kernel-level differences between machines.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bdlib.pipeline import load_experiment
+
+REFERENCE = Path(__file__).parent / "reference" / "smoke_metrics.json"
+TOLERANCE = 0.10
+
+
+def smoke_metrics() -> dict[str, float]:
+    exp = load_experiment("smoke", seed=0, progress=False)
+    out = {"clean/acc": exp.backdoored_model(None)[1]["metrics"]["acc"]}
+    bd = exp.backdoored_model("badnets")[1]["metrics"]
+    out.update({"badnets/acc": bd["acc"], "badnets/asr": bd["asr"]})
+    for label, name, knobs in (("ft", "ft", {}), ("gnft-approx", "gnft", {"mode": "approx"})):
+        after = exp.defend(name, "badnets", **knobs)["metrics"]["after"]
+        out[f"badnets/{label}/acc"] = after["acc"]
+        out[f"badnets/{label}/asr"] = after["asr"]
+    return out
+
+
+def test_smoke_metrics_match_reference():
+    got = smoke_metrics()
+    if os.environ.get("BDLIB_UPDATE_REFERENCE"):
+        REFERENCE.write_text(json.dumps({k: round(v, 4) for k, v in got.items()}, indent=1) + "\n")
+        pytest.skip(f"reference re-baselined in {REFERENCE}")
+    ref = json.loads(REFERENCE.read_text())
+    assert set(got) == set(ref)
+    off = {k: (round(got[k], 4), ref[k]) for k in ref if abs(got[k] - ref[k]) > TOLERANCE}
+    assert not off, f"metrics moved by more than {TOLERANCE}: {off} (got, reference)"
