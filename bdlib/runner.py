@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from .profiles import PROFILES
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None):

@@ -72,7 +72,8 @@ def test_burst_preserves_shape_dtype_range_and_is_seeded(kind):
     assert np.abs(out).max() <= 1.0
     np.testing.assert_array_equal(out, make_attack("badnets_burst", seed=3, kind=kind, amplitude=0.2).apply(waves, SR))
     trig = a.trigger(SR, SR)
-    assert np.count_nonzero(trig) == int(0.1 * SR) and np.count_nonzero(trig[: SR - int(0.1 * SR)]) == 0
+    support = np.flatnonzero(trig)  # a 0.1 s burst at the end of the clip
+    assert support.min() >= SR - int(0.1 * SR) and support.max() == SR - 1 and len(support) >= int(0.1 * SR) - 1
     if kind == "noise":
         assert not np.array_equal(trig, make_attack("badnets_burst", seed=4, kind=kind).trigger(SR, SR))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..audio import AudioFileError, fit_length, read_wav
 

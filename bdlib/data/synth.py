@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..audio import fit_length, resample_np, write_wav
 from .espeak import ACCENTS, VARIANTS, synth_rows

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..training import batches
 from .base import CleanData
