@@ -108,7 +108,7 @@ class Experiment:
     def _base_config(self, model: str) -> dict:
         p = self.profile
         return {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "model": model,
-                "seed": self.seed, "train_epochs": p.train_epochs, "train_batch_size": p.train_batch_size,
+                "seed": self.seed, "selection": "best-val-acc", "train_epochs": p.train_epochs, "train_batch_size": p.train_batch_size,
                 "train_lr": p.train_lr}
 
     def attack_config(self, attack: str | None, model: str = "smallcnn", rate: float | None = None,
@@ -155,8 +155,9 @@ class Experiment:
         t0 = time.perf_counter()
         history = train_model(net, feats, labels, epochs=self.profile.train_epochs,
                               batch_size=self.profile.train_batch_size, lr=self.profile.train_lr, seed=self.seed,
-                              progress=self.progress, desc=f"training {model} ({attack or 'clean'})")
+                              val=(self.features("val"), self.split("val").labels), progress=self.progress, desc=f"training {model} ({attack or 'clean'})")
         metrics = {"train_time_s": time.perf_counter() - t0, "history": history,
+                   "best_epoch": max(history, key=lambda h: h["val_acc"])["epoch"],
                    "poison_idx": poison_idx.tolist(), "n_poisoned": int(len(poison_idx)), "n_train": len(train),
                    **self.evaluate(net, attack, **(knobs if attack else {})), **provenance()}
         path = self.store.save_model("models", cfg, net, metrics)

@@ -65,3 +65,16 @@ def build_config(cls: type, overrides: dict[str, Any] | None, what: str) -> Any:
             f"unknown {what} option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}"
         )
     return cls(**overrides)
+
+
+def make_component(registry: "Registry", name: str, seed: int, knobs: dict[str, Any]) -> Any:
+    """Instantiate the registered class ``name`` from its dataclass ``Config`` and ``knobs``
+    (attacks and defenses share this shape: ``cls(cls.Config(**knobs), seed=seed)``)."""
+    cls = registry.get(name)
+    return cls(build_config(cls.Config, knobs, f"{name} {registry.kind}"), seed=seed)
+
+
+def check_choice(value: Any, choices: tuple, what: str) -> None:
+    """Reject a value outside a fixed set of choices, naming the valid ones."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, choices))}")

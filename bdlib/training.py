@@ -7,6 +7,8 @@ torch's generator for dropout and its own generator for shuffling.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -22,8 +24,14 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
 
 
 def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
-                lr: float, seed: int, weight_decay: float = 0.0, progress: bool = True, desc: str = "training") -> list[dict]:
-    """Adam + cross-entropy for ``epochs``; returns per-epoch loss and training accuracy."""
+                lr: float, seed: int, weight_decay: float = 0.0, val: tuple[torch.Tensor, np.ndarray] | None = None,
+                progress: bool = True, desc: str = "training") -> list[dict]:
+    """Adam + cross-entropy for ``epochs``; returns per-epoch loss and training accuracy.
+
+    With ``val`` = (features, labels) of a held-out clean split, the weights of the epoch
+    with the best validation accuracy are kept (the authors early-stop on a held-out
+    loss; selecting on the *test* set, as their script does, would leak it).
+    """
     if len(feats) == 0:
         raise ValueError("cannot train on an empty training set")
     torch.manual_seed(seed)
@@ -31,6 +39,7 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     labels = torch.as_tensor(labels, dtype=torch.long)
     history = []
+    best_acc, best_state = -1.0, None
     bar = tqdm(range(epochs), desc=desc, disable=not progress)
     for epoch in bar:
         model.train()
@@ -47,8 +56,15 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
             loss_sum += loss.item() * len(idx)
             correct += (out.argmax(1) == y).sum().item()
             total += len(idx)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_acc']:.3f}")
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)}
+        if val is not None:
+            record["val_acc"] = float(np.mean(predict(model, val[0]) == np.asarray(val[1])))
+            if record["val_acc"] > best_acc:
+                best_acc, best_state = record["val_acc"], copy.deepcopy(model.state_dict())
+        history.append(record)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return history
 

@@ -4,7 +4,7 @@ A new attack is one module defining an :class:`Attack` subclass plus one line be
 """
 from __future__ import annotations
 
-from ..registry import Registry, build_config
+from ..registry import Registry, make_component
 from .badnets import BadNets, BadNetsBurst
 from .base import Attack, PoisonedTrainSet, poison_indices, poison_training_set, triggered_features
 
@@ -14,8 +14,7 @@ ATTACKS.add("badnets_burst", BadNetsBurst)
 
 
 def make_attack(name: str, seed: int = 0, **knobs) -> Attack:
-    cls = ATTACKS.get(name)
-    return cls(build_config(cls.Config, knobs, f"{name} attack"), seed=seed)
+    return make_component(ATTACKS, name, seed, knobs)
 
 
 __all__ = ["ATTACKS", "Attack", "PoisonedTrainSet", "make_attack", "poison_indices", "poison_training_set",

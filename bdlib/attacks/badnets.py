@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..registry import check_choice
 from .base import Attack
 
 
@@ -61,10 +62,8 @@ class BadNetsBurst(Attack):
     Config = BurstConfig
 
     def __init__(self, config: BurstConfig, seed: int = 0):
-        if config.kind not in BURST_KINDS:
-            raise ValueError(f"unknown burst kind {config.kind!r}; valid: {', '.join(BURST_KINDS)}")
-        if config.position not in POSITIONS:
-            raise ValueError(f"unknown position {config.position!r}; valid: {', '.join(POSITIONS)}")
+        check_choice(config.kind, BURST_KINDS, "burst kind")
+        check_choice(config.position, POSITIONS, "position")
         if not 0 < config.duration_s <= 1 or not 0 < config.amplitude <= 1:
             raise ValueError("duration_s must be in (0, 1] s and amplitude in (0, 1]")
         super().__init__(config, seed)

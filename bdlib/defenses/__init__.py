@@ -4,7 +4,7 @@ A new defense is one module defining a :class:`Defense` subclass plus one line b
 """
 from __future__ import annotations
 
-from ..registry import Registry, build_config
+from ..registry import Registry, make_component
 from .base import CleanData, Defense, clean_subset_indices
 from .ft import FineTuning
 from .gnft import GNFT
@@ -15,8 +15,7 @@ DEFENSES.add("gnft", GNFT)
 
 
 def make_defense(name: str, seed: int = 0, **knobs) -> Defense:
-    cls = DEFENSES.get(name)
-    return cls(build_config(cls.Config, knobs, f"{name} defense"), seed=seed)
+    return make_component(DEFENSES, name, seed, knobs)
 
 
 __all__ = ["DEFENSES", "CleanData", "Defense", "clean_subset_indices", "make_defense"]

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import check_choice
 from .base import CleanData, Defense, sgd
 from .finetune import finetune, trainable
 
@@ -110,10 +111,8 @@ class GNFT(Defense):
     Config = GNFTConfig
 
     def __init__(self, config: GNFTConfig, seed: int = 0):
-        if config.mode not in MODES:
-            raise ValueError(f"unknown GN-FT mode {config.mode!r}; valid: {', '.join(MODES)}")
-        if config.norm not in NORMS:
-            raise ValueError(f"unknown GN-FT norm {config.norm!r}; valid: {', '.join(NORMS)}")
+        check_choice(config.mode, MODES, "GN-FT mode")
+        check_choice(config.norm, NORMS, "GN-FT norm")
         if config.r <= 0 or not 0 <= config.alpha <= 1:
             raise ValueError(f"GN-FT needs r > 0 and alpha in [0, 1], got r={config.r}, alpha={config.alpha}")
         super().__init__(config, seed)
