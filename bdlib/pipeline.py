@@ -9,6 +9,7 @@ held, which seed and commit produced a number — is done once, here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ import torch
 from .attacks import make_attack, poison_training_set, triggered_features
 from .data.audioset import AudioSet, load_split
 from .data.synth import KEYWORDS, SAMPLE_RATE, ensure_embedded_dataset
-from .defenses import CleanData, clean_subset_indices, make_defense
+from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
 from .features import PAPER_16K, FeatureConfig, MFCCExtractor
 from .metrics import der, evaluate
 from .models import build_model
@@ -183,8 +184,10 @@ class Experiment:
                attack_knobs: dict | None = None, **defense_knobs) -> dict:
         """Apply a defense to the stored backdoored model; returns the result record."""
         attack_knobs = attack_knobs or {}
-        defense_knobs = {"epochs": self.profile.defense_epochs, "batch_size": self.profile.defense_batch_size,
-                         **defense_knobs}
+        # the profile's epoch/batch budget applies to defenses that have those knobs (CLP has none)
+        accepted = {f.name for f in dataclasses.fields(DEFENSES.get(defense).Config)}
+        budget = {"epochs": self.profile.defense_epochs, "batch_size": self.profile.defense_batch_size}
+        defense_knobs = {**{k: v for k, v in budget.items() if k in accepted}, **defense_knobs}
         dfn = make_defense(defense, seed=self.seed, **defense_knobs)  # validates knobs early
         fraction = self.profile.clean_fraction if clean_fraction is None else clean_fraction
         victim, rec = self.backdoored_model(attack, model, **attack_knobs)
@@ -202,6 +205,7 @@ class Experiment:
         after = self.evaluate(net, attack, **attack_knobs)
         metrics = {"before": before, "after": after, "der": der(before, after), "time_s": elapsed,
                    "peak_rss_mb": _peak_rss_mb(), "clean_idx": clean_idx.tolist(), "n_clean": len(clean_idx),
+                   "report": getattr(dfn, "report", {}),
                    **provenance()}
         path = self.store.save_model("defenses", cfg, net, metrics)
         return {"config": cfg, "metrics": metrics, "path": str(path)}
@@ -229,7 +233,8 @@ def records_table(records: list[dict]) -> pd.DataFrame:
         rows.append({"attack": c["victim"]["attack"], "model": c["victim"]["model"], "defense": defense_label(c),
                      "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
                      "acc_after": m["after"]["acc"], "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"],
-                     "der": m["der"], "time_s": m["time_s"], "defense_knobs": json.dumps(c["defense_knobs"])})
+                     "der": m["der"], "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
+                     "defense_knobs": json.dumps(c["defense_knobs"])})
     return pd.DataFrame(rows)
 
 

@@ -21,10 +21,11 @@ def figure_path(name: str, profile: str) -> Path:
     return folder / f"{name}.png"
 
 
-def save_figure(fig, name: str, profile: str) -> Path:
+def save_figure(fig, name: str, profile: str) -> None:
+    """Save ``fig`` as ``<name>.png`` (see :func:`figure_path`) and say where."""
     path = figure_path(name, profile)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    print(f"figure saved: {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
 
 
 def wave_and_spectrogram(axes, wave: np.ndarray, sr: int, title: str, max_hz: float | None = None) -> None:

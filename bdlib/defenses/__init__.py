@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from ..registry import Registry, make_component
 from .base import CleanData, Defense, clean_subset_indices
+from .clp import CLP
+from .fp import FinePruning
 from .ft import FineTuning
+from .ftsam import FTSAM
 from .gnft import GNFT
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 DEFENSES.add("ft", FineTuning)
 DEFENSES.add("gnft", GNFT)
+DEFENSES.add("fp", FinePruning)
+DEFENSES.add("ftsam", FTSAM)
+DEFENSES.add("clp", CLP)
 
 
 def make_defense(name: str, seed: int = 0, **knobs) -> Defense:

@@ -52,11 +52,15 @@ def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 
 def approx_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r: float, alpha: float,
-                    norm: str = "per_tensor"):
-    """(loss, (1−α)·∇L(θ) + α·∇L(θ + r·d)) with d the normalised gradient; θ is restored."""
+                    norm: str = "per_tensor", loss_fn=F.cross_entropy):
+    """(loss, (1−α)·∇L(θ) + α·∇L(θ + r·d)) with d the normalised gradient; θ is restored.
+
+    With α = 1 and ``norm="global"`` this is exactly the SAM gradient (Foret et al. 2021)
+    with ρ = r, which FT-SAM reuses.
+    """
     params = trainable(model)
     rng = torch.get_rng_state()
-    loss1 = F.cross_entropy(model(x), y)
+    loss1 = loss_fn(model(x), y)
     g1 = torch.autograd.grad(loss1, params)
     buffers = [b.clone() for b in _bn_buffers(model)]
     with torch.no_grad():
@@ -65,7 +69,7 @@ def approx_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r: float
             p.add_(s)
     try:
         torch.set_rng_state(rng)  # same dropout mask as the first pass
-        g2 = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        g2 = torch.autograd.grad(loss_fn(model(x), y), params)
     finally:
         with torch.no_grad():
             for p, s in zip(params, steps):

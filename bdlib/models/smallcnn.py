@@ -16,6 +16,8 @@ import torch.nn.functional as F
 class SmallCNN(nn.Module):
     #: name of the last convolution, used by pruning defenses (Fine-Pruning, CLP)
     last_conv = "conv3"
+    #: the BatchNorm that follows it (conv -> ReLU -> BN), zeroed with a pruned channel
+    last_conv_norm = "bn3"
     #: the final linear layer; its input is the "penultimate" representation
     classifier = "fc2"
 

@@ -1,0 +1,72 @@
+"""CLP: data-free channel Lipschitzness-based pruning (Zheng, Zhang, Wang, Zhao & Li,
+"Data-free Backdoor Removal based on Channel Lipschitzness", ECCV 2022).
+
+A backdoor channel must amplify a small trigger into a large output change, so its
+upper bound on the channel Lipschitz constant (UCLC) is unusually large. For every
+convolution followed by BatchNorm, the UCLC of output channel k is the spectral norm of
+its filter scaled by the BN gain, ‖W_k‖₂·|γ_k|/σ_k; channels with UCLC above
+mean + u·std of their layer are pruned (u = 3, the paper's and BackdoorBench's default).
+No data is used: the clean subset is accepted only to share the interface.
+
+Pruning zeroes the BN's affine parameters of the channel (as the reference code does). SmallCNN
+places ReLU between conv and BN; the bound is then still an upper bound (ReLU is
+1-Lipschitz). Models without conv→BN pairs are rejected with a message saying so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .base import CleanData, Defense
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """Each Conv2d paired with the next BatchNorm2d in module order (same width)."""
+    pairs, conv = [], None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            conv = (name, m)
+        elif isinstance(m, nn.BatchNorm2d) and conv is not None and m.num_features == conv[1].out_channels:
+            pairs.append((conv[0], conv[1], m))
+            conv = None
+    return pairs
+
+
+@torch.no_grad()
+def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """UCLC per output channel: σ_max(W_k) · |γ_k| / sqrt(running_var_k + eps), with the
+    filter W_k laid out as (in_channels, kh·kw) as in the paper's reference code."""
+    w = conv.weight.reshape(conv.out_channels, conv.in_channels, -1)
+    scale = bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+    return torch.linalg.matrix_norm(w, ord=2) * scale
+
+
+@dataclass
+class CLPConfig:
+    u: float = 3.0
+
+
+class CLP(Defense):
+    name = "clp"
+    Config = CLPConfig
+
+    def __init__(self, config: CLPConfig, seed: int = 0):
+        super().__init__(config, seed)
+        self.report: dict = {}
+
+    def defend(self, model, clean: CleanData | None = None, progress: bool = True):
+        pairs = conv_bn_pairs(model)
+        if not pairs:
+            raise ValueError(f"CLP needs Conv2d layers followed by BatchNorm2d; {type(model).__name__} has none")
+        pruned = {}
+        with torch.no_grad():
+            for name, conv, bn in pairs:
+                lips = channel_lipschitz(conv, bn)
+                idx = torch.nonzero(lips > lips.mean() + self.config.u * lips.std()).flatten()
+                bn.weight[idx] = 0  # the channel's output is now exactly zero after the norm
+                bn.bias[idx] = 0
+                pruned[name] = idx.tolist()
+        self.report = {"pruned_channels": pruned, "n_pruned": sum(len(v) for v in pruned.values())}
+        return model.eval()

@@ -1,0 +1,142 @@
+"""Fine-Pruning (Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring
+Attacks on Deep Neural Networks", RAID 2018).
+
+Backdoor neurons tend to be dormant on clean inputs, so: rank the units of a late layer by
+their mean activation on the defender's clean data, prune them in increasing order in
+steps of ``prune_step`` (1 % of the units) until clean accuracy has dropped by
+``max_acc_drop`` (10 %, relative, as in BackdoorBench and the GN-FT authors' ``fp.py``),
+keep the last model within that budget, then fine-tune with the pruned units held at zero.
+
+``layer="classifier"`` prunes the inputs of the final linear layer (what the GN-FT authors
+did, following BackdoorBench); ``layer="last_conv"`` prunes the output channels of the last
+convolution (Liu et al.'s original choice) — the conv filter and, where the model names
+one (``last_conv_norm``), the following BatchNorm's affine parameters, so the channel is
+exactly zero after the norm. Clean accuracy is measured on the defender's clean subset,
+the only data a defender holds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..registry import check_choice
+from ..training import predict
+from .base import CleanData, Defense, sgd
+from .finetune import finetune
+
+LAYERS = ("classifier", "last_conv")
+
+
+def _named(model: nn.Module, attr: str, kind: type) -> tuple[str, nn.Module]:
+    name = getattr(model, attr, None)
+    module = model.get_submodule(name) if name else None
+    if not isinstance(module, kind):
+        raise ValueError(f"Fine-Pruning needs a model that names its {attr} ({kind.__name__}); "
+                         f"{type(model).__name__} does not")
+    return name, module
+
+
+@torch.no_grad()
+def mean_activation(model: nn.Module, module: nn.Module, feats: torch.Tensor, of_input: bool) -> torch.Tensor:
+    """Mean activation per unit (input of a Linear, or ReLU'd conv output channel) on ``feats``."""
+    store = []
+
+    def hook(mod, inp, out):
+        a = inp[0] if of_input else torch.relu(out)
+        store.append(a.mean(dim=(0, 2, 3)) * len(a) if a.ndim == 4 else a.sum(0))
+
+    h = module.register_forward_hook(hook)
+    try:
+        predict(model, feats)
+    finally:
+        h.remove()
+    return torch.stack(store).sum(0) / len(feats)
+
+
+@dataclass
+class FPConfig:
+    layer: str = "classifier"  # "classifier" | "last_conv"
+    prune_step: float = 0.01
+    max_acc_drop: float = 0.10
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+class FinePruning(Defense):
+    name = "fp"
+    Config = FPConfig
+
+    def __init__(self, config: FPConfig, seed: int = 0):
+        check_choice(config.layer, LAYERS, "Fine-Pruning layer")
+        if not 0 < config.prune_step < 1 or not 0 < config.max_acc_drop < 1:
+            raise ValueError("prune_step and max_acc_drop must lie in (0, 1)")
+        super().__init__(config, seed)
+        self.report: dict = {}
+
+    def _targets(self, model):
+        """(tensor, axis) pairs whose slices along ``axis`` belong to one unit."""
+        if self.config.layer == "classifier":
+            name, lin = _named(model, "classifier", nn.Linear)
+            return name, lin, [(lin.weight, 1)]
+        name, conv = _named(model, "last_conv", nn.Conv2d)
+        targets = [(conv.weight, 0)] + ([(conv.bias, 0)] if conv.bias is not None else [])
+        norm_name = getattr(model, "last_conv_norm", None)
+        if norm_name:
+            norm = model.get_submodule(norm_name)
+            targets += [(norm.weight, 0), (norm.bias, 0)]
+        return name, conv, targets
+
+    @staticmethod
+    def _mask(targets, units: list[int], n_units: int) -> list[torch.Tensor]:
+        masks = []
+        for tensor, axis in targets:
+            keep = torch.ones(n_units)
+            keep[units] = 0
+            shape = [1] * tensor.ndim
+            shape[axis] = n_units
+            masks.append(keep.view(shape).expand_as(tensor).clone())
+        return masks
+
+    def defend(self, model, clean: CleanData, progress: bool = True):
+        c = self.config
+        name, module, targets = self._targets(model)
+        acts = mean_activation(model, module, clean.features, of_input=c.layer == "classifier")
+        order = torch.argsort(acts).tolist()
+        n_units = len(order)
+        originals = [t.detach().clone() for t, _ in targets]
+        labels = clean.labels.numpy()
+        base = float(np.mean(predict(model, clean.features) == labels))
+        pruned, curve = [], [(0, base)]
+        step = max(1, math.ceil(n_units * c.prune_step))
+        for k in range(step, n_units, step):
+            with torch.no_grad():
+                for (t, _), orig, m in zip(targets, originals, self._mask(targets, order[:k], n_units)):
+                    t.copy_(orig * m)
+            acc = float(np.mean(predict(model, clean.features) == labels))
+            curve.append((k, acc))
+            if (base - acc) / max(base, 1e-12) >= c.max_acc_drop:
+                break
+            pruned = order[:k]
+        masks = self._mask(targets, pruned, n_units)
+        with torch.no_grad():
+            for (t, _), orig, m in zip(targets, originals, masks):
+                t.copy_(orig * m)
+        hooks = [t.register_hook(lambda g, m=m: g * m) for (t, _), m in zip(targets, masks)]
+        try:
+            opt = sgd(model, c.lr, c.momentum, c.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
+            finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, scheduler=sched,
+                     seed=self.seed, progress=progress, desc="FP fine-tuning")
+        finally:
+            for h in hooks:
+                h.remove()
+        self.report = {"layer": name, "n_units": n_units, "pruned_units": sorted(pruned),
+                       "n_pruned": len(pruned), "clean_acc_curve": curve}
+        return model

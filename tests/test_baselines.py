@@ -1,0 +1,110 @@
+"""Fine-Pruning, FT-SAM and CLP: the model-level baselines the GN-FT paper compares."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bdlib.defenses import CleanData, make_defense
+from bdlib.defenses.clp import channel_lipschitz, conv_bn_pairs
+from bdlib.defenses.fp import mean_activation
+from bdlib.defenses.gnft import approx_gradient
+from bdlib.models import build_model
+
+
+def _clean(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return CleanData(torch.randn(n, 1, 101, 40, generator=g) * 20, torch.randint(0, 10, (n,), generator=g))
+
+
+def _trained_net(clean):
+    net = build_model("smallcnn", (101, 40), 10)
+    make_defense("ft", epochs=5, batch_size=20, lr=0.05).defend(net, clean, progress=False)
+    return net
+
+
+def test_fp_prunes_exactly_the_units_it_reports():
+    clean = _clean()
+    net = _trained_net(clean)
+    fp = make_defense("fp", epochs=2, batch_size=20, max_acc_drop=0.5)
+    out = fp.defend(net, clean, progress=False)
+    rep = fp.report
+    assert rep["layer"] == "fc2" and rep["n_units"] == 128 and rep["n_pruned"] == len(rep["pruned_units"]) > 0
+    w = out.fc2.weight.detach()
+    dead = (w == 0).all(dim=0)
+    assert sorted(torch.nonzero(dead).flatten().tolist()) == rep["pruned_units"]  # pruned columns stay zero after FT
+    curve = rep["clean_acc_curve"]
+    assert curve[0][0] == 0 and all(k > 0 for k, _ in curve[1:])
+
+
+def test_fp_ranks_by_mean_activation():
+    clean = _clean()
+    net = _trained_net(clean)
+    acts = mean_activation(net, net.fc2, clean.features, of_input=True)
+    fp = make_defense("fp", epochs=0, max_acc_drop=0.99)
+    fp.defend(copy.deepcopy(net), clean, progress=False)
+    pruned = fp.report["pruned_units"]
+    kept = sorted(set(range(128)) - set(pruned))
+    assert acts[pruned].max() <= acts[kept].min()
+
+
+def test_fp_last_conv_zeroes_filter_and_norm():
+    clean = _clean()
+    net = _trained_net(clean)
+    fp = make_defense("fp", layer="last_conv", epochs=1, batch_size=20, max_acc_drop=0.5)
+    out = fp.defend(net, clean, progress=False)
+    idx = fp.report["pruned_units"]
+    assert fp.report["layer"] == "conv3" and len(idx) > 0
+    assert torch.all(out.conv3.weight[idx] == 0) and torch.all(out.bn3.weight[idx] == 0) and torch.all(out.bn3.bias[idx] == 0)
+
+
+def test_fp_rejects_models_without_named_layers():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4040, 10))
+    with pytest.raises(ValueError, match="names its classifier"):
+        make_defense("fp").defend(net, _clean(), progress=False)
+
+
+def test_ftsam_gradient_is_sam():
+    """FT-SAM's step is the gradient at θ + ρ g/‖g‖ (global norm)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 1, 3, 4), torch.randint(0, 3, (16,))
+    params = list(net.parameters())
+    g = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    norm = torch.sqrt(sum((t * t).sum() for t in g))
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        for p, t in zip(ref.parameters(), g):
+            p.add_(0.5 * t / norm)
+    expected = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
+    _, got = approx_gradient(net, x, y, r=0.5, alpha=1.0, norm="global")
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_ftsam_defends_and_keeps_architecture():
+    clean = _clean()
+    net = _trained_net(clean)
+    out = make_defense("ftsam", epochs=2, batch_size=20).defend(copy.deepcopy(net), clean, progress=False)
+    assert list(out.state_dict()) == list(net.state_dict())
+    assert out(clean.features[:2]).shape == (2, 10)
+
+
+def test_clp_prunes_the_outlier_channel_without_data():
+    net = build_model("smallcnn", (101, 40), 10).eval()
+    with torch.no_grad():
+        net.conv2.weight[7] *= 50  # one channel with an abnormal Lipschitz bound
+    lips = channel_lipschitz(net.conv2, net.bn2)
+    assert int(torch.argmax(lips)) == 7
+    clp = make_defense("clp", u=3.0)
+    out = clp.defend(net, None, progress=False)
+    assert 7 in clp.report["pruned_channels"]["conv2"]
+    assert out.bn2.weight[7] == 0 and out.bn2.bias[7] == 0
+    assert [n for n, _, _ in conv_bn_pairs(net)] == ["conv1", "conv2", "conv3"]
+
+
+def test_clp_rejects_models_without_conv_bn():
+    with pytest.raises(ValueError, match="CLP needs Conv2d layers followed by BatchNorm2d"):
+        make_defense("clp").defend(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), None)
