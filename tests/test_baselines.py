@@ -108,3 +108,26 @@ def test_clp_prunes_the_outlier_channel_without_data():
 def test_clp_rejects_models_without_conv_bn():
     with pytest.raises(ValueError, match="CLP needs Conv2d layers followed by BatchNorm2d"):
         make_defense("clp").defend(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), None)
+
+
+def test_attention_map_is_normalised_channel_energy():
+    from bdlib.defenses.nad import attention_map
+
+    fm = torch.zeros(2, 3, 4, 5)
+    fm[0, :, 1, 2] = 2.0
+    a = attention_map(fm, p=2)
+    assert a.shape == (2, 20) and torch.isclose(a[0].norm(), torch.tensor(1.0))
+    assert int(a[0].argmax()) == 1 * 5 + 2 and torch.all(a[1] == 0)
+
+
+def test_nad_keeps_architecture_removes_hooks_and_checks_its_layers():
+    clean = _clean()
+    net = _trained_net(clean)
+    nad = make_defense("nad", teacher_epochs=2, epochs=3, batch_size=20)
+    out = nad.defend(copy.deepcopy(net), clean, progress=False)
+    assert list(out.state_dict()) == list(net.state_dict())
+    assert not any(m._forward_hooks for m in out.modules())  # hooks removed
+    with pytest.raises(ValueError, match="names no attention_layers"):
+        make_defense("nad").defend(nn.Sequential(nn.Flatten(), nn.Linear(4040, 10)), clean, progress=False)
+    with pytest.raises(ValueError, match="2 betas for 3 attention layers"):
+        make_defense("nad", betas=(1.0, 2.0)).defend(copy.deepcopy(net), clean, progress=False)

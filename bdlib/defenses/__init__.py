@@ -11,6 +11,7 @@ from .fp import FinePruning
 from .ft import FineTuning
 from .ftsam import FTSAM
 from .gnft import GNFT
+from .nad import NAD
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 DEFENSES.add("ft", FineTuning)
@@ -18,6 +19,7 @@ DEFENSES.add("gnft", GNFT)
 DEFENSES.add("fp", FinePruning)
 DEFENSES.add("ftsam", FTSAM)
 DEFENSES.add("clp", CLP)
+DEFENSES.add("nad", NAD)
 
 
 def make_defense(name: str, seed: int = 0, **knobs) -> Defense:

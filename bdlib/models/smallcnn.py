@@ -18,6 +18,8 @@ class SmallCNN(nn.Module):
     last_conv = "conv3"
     #: the BatchNorm that follows it (conv -> ReLU -> BN), zeroed with a pruned channel
     last_conv_norm = "bn3"
+    #: block outputs whose attention maps NAD distils
+    attention_layers = ("pool1", "pool2", "pool3")
     #: the final linear layer; its input is the "penultimate" representation
     classifier = "fc2"
 

@@ -1,0 +1,95 @@
+"""NAD: Neural Attention Distillation (Li, Lyu, Koren, Lyu, Li & Ma, ICLR 2021).
+
+Two stages on the defender's clean subset: (1) fine-tune a copy of the backdoored model
+into a *teacher*; (2) train the backdoored *student* with cross-entropy plus attention
+distillation, Σ_l β_l·‖A(F_s^l) − A(F_t^l)‖², where A(F) = normalize(mean_c |F_c|^p) is
+the spatial attention map of a block's output. Defaults follow BackdoorBench: teacher
+5-10 epochs of SGD lr 0.01, β = 500 / 1000 / 1000 on the last three blocks, p = 2.
+
+The distilled layers are the ones the model names in ``attention_layers`` (SmallCNN: the
+outputs of its three conv blocks); a model that names none is rejected.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import CleanData, Defense, sgd
+from .finetune import finetune, trainable
+
+
+def attention_map(fm: torch.Tensor, p: float) -> torch.Tensor:
+    """A(F) = L2-normalised spatial map of mean_c |F_c|^p, one row per example."""
+    return F.normalize(fm.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+class _Taps:
+    """Forward hooks that record the outputs of named sub-modules."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name):
+        def hook(mod, inp, out):
+            self.out[name] = out
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+@dataclass
+class NADConfig:
+    teacher_epochs: int = 10
+    betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
+    p: float = 2.0
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+class NAD(Defense):
+    name = "nad"
+    Config = NADConfig
+
+    def defend(self, model, clean: CleanData, progress: bool = True):
+        c = self.config
+        layers = tuple(getattr(model, "attention_layers", ()))
+        if not layers:
+            raise ValueError(f"NAD distils attention maps of conv blocks; {type(model).__name__} names no "
+                             "attention_layers")
+        if len(c.betas) != len(layers):
+            raise ValueError(f"NAD got {len(c.betas)} betas for {len(layers)} attention layers {layers}")
+        teacher = copy.deepcopy(model)
+        finetune(teacher, clean, epochs=c.teacher_epochs, batch_size=c.batch_size,
+                 optimizer=sgd(teacher, c.lr, c.momentum, c.weight_decay), seed=self.seed, progress=progress,
+                 desc="NAD teacher")
+        teacher.eval()
+        t_taps, s_taps = _Taps(teacher, layers), _Taps(model, layers)
+
+        def grad_fn(net, x, y):
+            with torch.no_grad():
+                teacher(x)
+            loss = F.cross_entropy(net(x), y)
+            for beta, name in zip(c.betas, layers):
+                diff = attention_map(s_taps.out[name], c.p) - attention_map(t_taps.out[name], c.p)
+                loss = loss + beta * diff.pow(2).mean()
+            return loss.item(), torch.autograd.grad(loss, trainable(net))
+
+        try:
+            opt = sgd(model, c.lr, c.momentum, c.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
+            finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, scheduler=sched,
+                     grad_fn=grad_fn, seed=self.seed, progress=progress, desc="NAD student")
+        finally:
+            t_taps.close()
+            s_taps.close()
+        return model
