@@ -6,6 +6,7 @@ they compute the update direction.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..training import batches
-from .base import CleanData
+from .base import CleanData, sgd
 
 GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[float, Sequence[torch.Tensor]]]
 
@@ -57,3 +58,25 @@ def finetune(model: nn.Module, clean: CleanData, *, epochs: int, batch_size: int
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     return losses
+
+
+@dataclass
+class FinetuneKnobs:
+    """The optimiser knobs every fine-tuning defense shares (BackdoorBench's defaults:
+    SGD lr 0.01, momentum 0.9, weight decay 5e-4); defense configs inherit them."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def run_finetune(model: nn.Module, clean: CleanData, knobs: FinetuneKnobs, *, seed: int, progress: bool, desc: str,
+                 grad_fn: GradFn = plain_gradient, cosine: bool = True, epochs: int | None = None) -> list[float]:
+    """:func:`finetune` with SGD built from ``knobs`` and, if ``cosine``, a cosine schedule."""
+    epochs = knobs.epochs if epochs is None else epochs
+    opt = sgd(model, knobs.lr, knobs.momentum, knobs.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if cosine else None
+    return finetune(model, clean, epochs=epochs, batch_size=knobs.batch_size, optimizer=opt, scheduler=sched,
+                    grad_fn=grad_fn, seed=seed, progress=progress, desc=desc)

@@ -25,8 +25,8 @@ import torch.nn as nn
 
 from ..registry import check_choice
 from ..training import predict
-from .base import CleanData, Defense, sgd
-from .finetune import finetune
+from .base import CleanData, Defense
+from .finetune import FinetuneKnobs, run_finetune
 
 LAYERS = ("classifier", "last_conv")
 
@@ -58,15 +58,10 @@ def mean_activation(model: nn.Module, module: nn.Module, feats: torch.Tensor, of
 
 
 @dataclass
-class FPConfig:
+class FPConfig(FinetuneKnobs):
     layer: str = "classifier"  # "classifier" | "last_conv"
     prune_step: float = 0.01
     max_acc_drop: float = 0.10
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
 
 class FinePruning(Defense):
@@ -130,10 +125,7 @@ class FinePruning(Defense):
                 t.copy_(orig * m)
         hooks = [t.register_hook(lambda g, m=m: g * m) for (t, _), m in zip(targets, masks)]
         try:
-            opt = sgd(model, c.lr, c.momentum, c.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
-            finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, scheduler=sched,
-                     seed=self.seed, progress=progress, desc="FP fine-tuning")
+            run_finetune(model, clean, c, seed=self.seed, progress=progress, desc="FP fine-tuning")
         finally:
             for h in hooks:
                 h.remove()

@@ -13,23 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 import torch.nn.functional as F
 
-from .base import CleanData, Defense, sgd
-from .finetune import finetune
+from .base import CleanData, Defense
+from .finetune import FinetuneKnobs, run_finetune
 from .gnft import approx_gradient
 
 
 @dataclass
-class FTSAMConfig:
+class FTSAMConfig(FinetuneKnobs):
     rho: float = 2.0
     label_smoothing: float = 0.1
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
 
 class FTSAM(Defense):
@@ -44,9 +38,6 @@ class FTSAM(Defense):
     def defend(self, model, clean: CleanData, progress: bool = True):
         c = self.config
         loss = partial(F.cross_entropy, label_smoothing=c.label_smoothing)
-        opt = sgd(model, c.lr, c.momentum, c.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
-        finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, scheduler=sched,
-                 grad_fn=lambda m, x, y: approx_gradient(m, x, y, r=c.rho, alpha=1.0, norm="global", loss_fn=loss),
-                 seed=self.seed, progress=progress, desc="FT-SAM")
+        run_finetune(model, clean, c, seed=self.seed, progress=progress, desc="FT-SAM",
+                     grad_fn=lambda m, x, y: approx_gradient(m, x, y, r=c.rho, alpha=1.0, norm="global", loss_fn=loss))
         return model

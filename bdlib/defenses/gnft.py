@@ -33,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import check_choice
-from .base import CleanData, Defense, sgd
-from .finetune import finetune, trainable
+from .base import CleanData, Defense
+from .finetune import FinetuneKnobs, run_finetune, trainable
 
 MODES = ("approx", "exact")
 NORMS = ("per_tensor", "global")
@@ -93,15 +93,12 @@ def exact_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: floa
 
 
 @dataclass
-class GNFTConfig:
+class GNFTConfig(FinetuneKnobs):
     mode: str = "approx"  # "approx" | "exact"
     r: float = 0.05
     alpha: float = 0.7
     norm: str = "per_tensor"  # "per_tensor" | "global"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    momentum: float = 0.9
+    lr: float = 1e-3  # the authors' ft_reg.py: SGD lr 1e-3, momentum 0.9, no weight decay or schedule
     weight_decay: float = 0.0
 
     @property
@@ -128,8 +125,6 @@ class GNFT(Defense):
         return lambda m, x, y: exact_gradient(m, x, y, c.lam, c.norm)
 
     def defend(self, model, clean: CleanData, progress: bool = True):
-        c = self.config
-        opt = sgd(model, c.lr, c.momentum, c.weight_decay)
-        finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, grad_fn=self.grad_fn(),
-                 seed=self.seed, progress=progress, desc=f"GN-FT ({c.mode})")
+        run_finetune(model, clean, self.config, grad_fn=self.grad_fn(), cosine=False, seed=self.seed,
+                     progress=progress, desc=f"GN-FT ({self.config.mode})")
         return model

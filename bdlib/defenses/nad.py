@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import CleanData, Defense, sgd
-from .finetune import finetune, trainable
+from .base import CleanData, Defense
+from .finetune import FinetuneKnobs, run_finetune, trainable
 
 
 def attention_map(fm: torch.Tensor, p: float) -> torch.Tensor:
@@ -45,15 +45,10 @@ class _Taps:
 
 
 @dataclass
-class NADConfig:
+class NADConfig(FinetuneKnobs):
     teacher_epochs: int = 10
     betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
     p: float = 2.0
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
 
 class NAD(Defense):
@@ -69,9 +64,8 @@ class NAD(Defense):
         if len(c.betas) != len(layers):
             raise ValueError(f"NAD got {len(c.betas)} betas for {len(layers)} attention layers {layers}")
         teacher = copy.deepcopy(model)
-        finetune(teacher, clean, epochs=c.teacher_epochs, batch_size=c.batch_size,
-                 optimizer=sgd(teacher, c.lr, c.momentum, c.weight_decay), seed=self.seed, progress=progress,
-                 desc="NAD teacher")
+        run_finetune(teacher, clean, c, epochs=c.teacher_epochs, cosine=False, seed=self.seed, progress=progress,
+                     desc="NAD teacher")
         teacher.eval()
         t_taps, s_taps = _Taps(teacher, layers), _Taps(model, layers)
 
@@ -85,10 +79,7 @@ class NAD(Defense):
             return loss.item(), torch.autograd.grad(loss, trainable(net))
 
         try:
-            opt = sgd(model, c.lr, c.momentum, c.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
-            finetune(model, clean, epochs=c.epochs, batch_size=c.batch_size, optimizer=opt, scheduler=sched,
-                     grad_fn=grad_fn, seed=self.seed, progress=progress, desc="NAD student")
+            run_finetune(model, clean, c, grad_fn=grad_fn, seed=self.seed, progress=progress, desc="NAD student")
         finally:
             t_taps.close()
             s_taps.close()
