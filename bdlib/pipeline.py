@@ -109,7 +109,7 @@ class Experiment:
     def _base_config(self, model: str) -> dict:
         p = self.profile
         return {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "model": model,
-                "seed": self.seed, "selection": "best-val-acc", "train_epochs": p.train_epochs, "train_batch_size": p.train_batch_size,
+                "seed": self.seed, "selection": "best-val-acc", "schedule": "cosine", "train_epochs": p.train_epochs, "train_batch_size": p.train_batch_size,
                 "train_lr": p.train_lr}
 
     def attack_config(self, attack: str | None, model: str = "smallcnn", rate: float | None = None,

@@ -61,7 +61,7 @@ PROFILES.add(
         speakers_val=30,
         speakers_test=60,
         takes_per_word=1,
-        train_epochs=15,
+        train_epochs=25,
         train_batch_size=64,
         defense_epochs=100,
     ),

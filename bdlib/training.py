@@ -26,7 +26,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
 def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
                 lr: float, seed: int, weight_decay: float = 0.0, val: tuple[torch.Tensor, np.ndarray] | None = None,
                 progress: bool = True, desc: str = "training") -> list[dict]:
-    """Adam + cross-entropy for ``epochs``; returns per-epoch loss and training accuracy.
+    """Adam (cosine-annealed) + cross-entropy for ``epochs``; returns per-epoch loss and accuracies.
 
     With ``val`` = (features, labels) of a held-out clean split, the weights of the epoch
     with the best validation accuracy are kept (the authors early-stop on a held-out
@@ -37,6 +37,8 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # cosine decay to zero: the last epochs settle instead of bouncing between minima
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     labels = torch.as_tensor(labels, dtype=torch.long)
     history = []
     best_acc, best_state = -1.0, None
@@ -56,6 +58,7 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
             loss_sum += loss.item() * len(idx)
             correct += (out.argmax(1) == y).sum().item()
             total += len(idx)
+        sched.step()
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)}
         if val is not None:
             record["val_acc"] = float(np.mean(predict(model, val[0]) == np.asarray(val[1])))
