@@ -1,11 +1,13 @@
 """Run the notebooks headless with papermill, in order, under one profile.
 
 Why: "regenerate every table and figure from one command". Notebooks are executed in
-their numeric order (data -> attacks -> defenses -> results) with the ``profile`` and
-``seed`` parameters injected; a failure stops the run and names the notebook and cell.
+their numeric order (data -> attacks -> defenses -> results); the profile reaches them
+through ``BDLIB_PROFILE`` and a non-zero seed is injected; a failure stops the run and
+names the notebook and cell.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -47,6 +49,11 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
     if output_dir is None and profile != "default":
         output_dir = NOTEBOOK_DIR.parent / "data" / "executed" / profile
     kernel = _kernel_name()
+    # Notebooks read their profile from BDLIB_PROFILE (their parameters-cell default), so the
+    # committed default-profile notebooks carry no injected cell that would pin "default"
+    # when nbval re-runs them under the smoke profile. Other values are injected as usual.
+    os.environ["BDLIB_PROFILE"] = profile
+    parameters = {} if seed == 0 else {"seed": seed}
     bar = tqdm(nbs, desc=f"notebooks ({profile})", unit="nb")
     for nb in bar:
         bar.set_postfix_str(nb.name)
@@ -54,7 +61,7 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
         out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters={"profile": profile, "seed": seed}, kernel_name=kernel,
+            pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name=kernel,
                                 cwd=str(nb.parent), progress_bar=False, log_output=log_output)
         except PapermillExecutionError as exc:
             bar.close()
