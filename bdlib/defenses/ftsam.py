@@ -3,10 +3,13 @@ Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization", ICCV 2023
 
 SAM (Foret et al., ICLR 2021) takes the gradient at the worst point of a ρ-ball,
 θ + ρ·g/‖g‖ — the same two-pass computation as GN-FT's approximation with α = 1 and one
-global norm, so it reuses :func:`bdlib.defenses.gnft.approx_gradient`. Defaults follow
-BackdoorBench's ft-sam: ρ = 2, label smoothing 0.1, SGD lr 0.01, momentum 0.9, weight decay
-5e-4, cosine schedule. (The FT-SAM paper perturbs adaptively; BackdoorBench's default, used
-here, is plain SAM.)
+global norm, so it reuses :func:`bdlib.defenses.gnft.approx_gradient`. Defaults: ρ = 2,
+label smoothing 0.1, SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine schedule.
+
+Deviation, measured: this is *plain* SAM. ρ = 2 is a value for an adaptive (ASAM-style,
+weight-scaled) perturbation; as a plain L2 radius it is far outside SmallCNN's weight scale
+and the default-profile run collapses the model to chance accuracy (notebook 23). An
+adaptive perturbation, or ρ tuned for plain SAM, is still to be done.
 """
 from __future__ import annotations
 
