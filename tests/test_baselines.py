@@ -1,7 +1,6 @@
 """Fine-Pruning, FT-SAM and CLP: the model-level baselines the GN-FT paper compares."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,7 @@ from bdlib.audio import AudioFileError, read_wav, write_wav
 from bdlib.data.audioset import load_split
 from bdlib.data.espeak import VoiceSpec, synthesize
 from bdlib.data.folders import fsdd_manifest, speech_commands_manifest
-from bdlib.data.synth import CLIP_SAMPLES, KEYWORDS, MANIFEST, SAMPLE_RATE, plan_dataset, verify_dataset
+from bdlib.data.synth import CLIP_SAMPLES, KEYWORDS, SAMPLE_RATE, plan_dataset, verify_dataset
 
 
 def test_plan_is_a_function_of_the_seed():
@@ -62,7 +64,6 @@ def test_resynthesis_of_voiced_clip_is_near_identical():
     """eSpeak is not bit-reproducible, but voiced speech re-synthesises almost exactly."""
     script = ("import numpy as np,sys; from bdlib.data.espeak import VoiceSpec, synthesize;"
               "w,_=synthesize('stop', VoiceSpec('en-us','m3',150,40)); np.save(sys.argv[1], w)")
-    import tempfile, os
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "w.npy")
         subprocess.run([sys.executable, "-c", script, f], check=True)

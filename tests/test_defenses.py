@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bdlib.defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
+from bdlib.defenses import CleanData, clean_subset_indices, make_defense
 from bdlib.defenses.gnft import approx_gradient, exact_gradient
 from bdlib.models import build_model
 from bdlib.registry import UnknownNameError
