@@ -95,3 +95,28 @@ def scale_to_snr(clean: np.ndarray, trigger: np.ndarray, snr: float) -> np.ndarr
     p_trig = np.sum(np.square(trigger, dtype=np.float64), axis=-1, keepdims=True)
     gain = np.sqrt(p_sig / (np.maximum(p_trig, 1e-20) * 10 ** (snr / 10.0)))
     return (trigger * gain).astype(np.float32)
+
+
+def dbfs(x: np.ndarray, axis=-1) -> np.ndarray:
+    """Loudness as RMS relative to full scale (dBFS), as pydub measures it (DABA's unit)."""
+    with np.errstate(divide="ignore"):
+        return 20.0 * np.log10(rms(x, axis=axis))
+
+
+def set_dbfs(x: np.ndarray, level: float) -> np.ndarray:
+    """Scale ``x`` (last axis = time) to an RMS loudness of ``level`` dBFS."""
+    gain = 10 ** (level / 20.0) / np.maximum(rms(x), 1e-12)
+    return (np.asarray(x) * np.expand_dims(gain, -1)).astype(np.float32)
+
+
+def overlay(waves: np.ndarray, trigger: np.ndarray, starts: np.ndarray | int = 0) -> np.ndarray:
+    """Add ``trigger`` (1-D, or one row per clip) into each clip at ``starts`` and clip to
+    [-1, 1]; the part that runs past the clip end is dropped (pydub's ``overlay``)."""
+    waves = np.asarray(waves, dtype=np.float32)
+    out = waves.copy()
+    n = waves.shape[-1]
+    trig = np.broadcast_to(np.asarray(trigger, dtype=np.float32), (len(waves), np.shape(trigger)[-1]))
+    for i, s in enumerate(np.broadcast_to(np.asarray(starts, dtype=int), (len(waves),))):
+        m = min(trig.shape[-1], n - s)
+        out[i, s : s + m] += trig[i, :m]
+    return np.clip(out, -1.0, 1.0)

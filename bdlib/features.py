@@ -61,3 +61,20 @@ class MFCCExtractor:
         if not out:
             return torch.zeros(0, 1, 0, self.config.n_mfcc)
         return torch.cat(out).unsqueeze(1).contiguous()
+
+    def differentiable(self, waves: torch.Tensor) -> torch.Tensor:
+        """The same features with autograd kept (FlowMur optimises a waveform trigger
+        through the front end)."""
+        return self._mfcc(waves).transpose(1, 2).unsqueeze(1)
+
+
+FEATURES = {"16k": PAPER_16K, "44k": PAPER_44K}
+
+
+def get_features(name: str | FeatureConfig) -> FeatureConfig:
+    """``"16k"`` (the paper's default front end) or ``"44k"`` (the ultrasonic attack's)."""
+    if isinstance(name, FeatureConfig):
+        return name
+    if name not in FEATURES:
+        raise ValueError(f"unknown feature setting {name!r}; valid: {', '.join(FEATURES)}")
+    return FEATURES[name]

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attacks import make_attack, poison_training_set, triggered_features
+from .attacks import Attack, FitContext, make_attack, poison_training_set, triggered_features
 from .data.audioset import AudioSet, load_split
 from .data.synth import KEYWORDS, ensure_embedded_dataset
 from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
-from .features import PAPER_16K, FeatureConfig, MFCCExtractor
+from .features import PAPER_16K, FeatureConfig, MFCCExtractor, get_features
 from .metrics import accuracy, der, evaluate
 from .models import build_model
 from .profiles import Profile, get_profile
@@ -122,14 +122,78 @@ class Experiment:
                 "poison_rate": self.profile.poison_rate if rate is None else rate,
                 "target": self.profile.target_label if target is None else target}
 
-    # --- models ----------------------------------------------------------------------
-    def triggered_test(self, attack: str, **knobs) -> tuple[torch.Tensor, np.ndarray]:
-        """Triggered features of the *non-target* test clips, and their true labels."""
+    # --- attacks ---------------------------------------------------------------------
+    def surrogate_model(self, model: str = "smallcnn") -> torch.nn.Module:
+        """The attacker's surrogate (DABA, FlowMur): trained on the *validation* split —
+        speakers disjoint from the victim's training set — with the victim's front end."""
+        p = self.profile
+        cfg = {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "model": model,
+               "seed": self.seed, "data": "val", "epochs": p.train_epochs, "batch_size": p.train_batch_size,
+               "lr": p.train_lr}
+        net = build_model(model, self.input_shape, len(self.class_names))
+        if self.store.has("surrogates", cfg):
+            return self.store.load_model_into("surrogates", cfg, net)
+        aux = self.split("val")
+        history = train_model(net, self.features("val"), torch.as_tensor(aux.labels), epochs=p.train_epochs,
+                              batch_size=p.train_batch_size, lr=p.train_lr, seed=self.seed + 1,
+                              progress=self.progress, desc=f"training surrogate {model}")
         test = self.split("test")
-        target = self.profile.target_label
-        keep = test.labels != target
-        atk = make_attack(attack, seed=self.seed, **knobs)
-        return triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor), test.labels[keep]
+        metrics = {"history": history, "test_acc": accuracy(net, self.features("test"), test.labels), **provenance()}
+        self.store.save_model("surrogates", cfg, net, metrics)
+        return net.eval()
+
+    def _fit_config(self, name: str, atk: Attack, rate: float | None, target: int | None) -> dict:
+        return {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "attack": name,
+                "attack_knobs": vars(atk.config), "seed": self.seed,
+                "poison_rate": self.profile.poison_rate if rate is None else rate,
+                "target": self.profile.target_label if target is None else target,
+                "surrogate_epochs": self.profile.train_epochs}
+
+    def attack(self, name: str, rate: float | None = None, target: int | None = None, **knobs) -> Attack:
+        """The attack object, fitted (and cached in the store) if its trigger or hosts are
+        chosen from data or a surrogate model (DABA, FlowMur, VSVC)."""
+        atk = make_attack(name, seed=self.seed, **knobs)
+        if not atk.needs_fit:
+            return atk
+        cfg = self._fit_config(name, atk, rate, target)
+        if self.store.has("attack_fits", cfg):
+            atk.load_state(self.store.load_tensors("attack_fits", cfg))
+            return atk
+        ctx = FitContext(train=self.split("train"), aux=self.split("val"), extractor=self.extractor,
+                         surrogate=self.surrogate_model(), rate=cfg["poison_rate"], target=cfg["target"],
+                         progress=self.progress)
+        t0 = time.perf_counter()
+        state = atk.fit(ctx)
+        self.store.save("attack_fits", cfg, {"fit_time_s": time.perf_counter() - t0, **provenance()}, state)
+        return atk
+
+    def fitted_state(self, name: str, rate: float | None = None, target: int | None = None, **knobs) -> dict:
+        """What :meth:`attack` stored for a fitted attack (scores, chosen trigger, hosts) and where."""
+        atk = self.attack(name, rate, target, **knobs)
+        if not atk.needs_fit:
+            return {}
+        cfg = self._fit_config(name, atk, rate, target)
+        return {**self.store.load_tensors("attack_fits", cfg), "path": str(self.store.path("attack_fits", cfg))}
+
+    def triggered_test(self, attack: str, rate: float | None = None, **knobs) -> tuple[torch.Tensor, np.ndarray]:
+        """Triggered features of the *non-target* test clips, and their true labels (memoised:
+        every defense of a victim is evaluated on the same clips, and voice conversion or
+        pedal chains over the test set cost tens of seconds)."""
+        key = json.dumps([attack, rate, knobs], sort_keys=True, default=str)
+        if key not in self._triggered:
+            test = self.split("test")
+            target = self.profile.target_label
+            keep = test.labels != target
+            atk = self.attack(attack, rate, target, **knobs)
+            self._triggered[key] = (triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor),
+                                    test.labels[keep])
+        return self._triggered[key]
+
+    @cached_property
+    def _triggered(self) -> dict:
+        return {}
+
+    # --- models ----------------------------------------------------------------------
 
     def backdoored_model(self, attack: str | None, model: str = "smallcnn", rate: float | None = None,
                          target: int | None = None, **knobs) -> tuple[torch.nn.Module, dict]:
@@ -149,7 +213,7 @@ class Experiment:
         labels = torch.as_tensor(train.labels)
         poison_idx = np.zeros(0, dtype=int)
         if attack is not None:
-            atk = make_attack(attack, seed=self.seed, **knobs)
+            atk = self.attack(attack, cfg["poison_rate"], cfg["target"], **knobs)
             poisoned = poison_training_set(atk, train.waves, train.labels, feats, train.sample_rate, self.extractor,
                                            cfg["poison_rate"], cfg["target"], seed=self.seed)
             feats, labels, poison_idx = poisoned.features, poisoned.labels, poisoned.poison_idx
@@ -161,17 +225,63 @@ class Experiment:
         metrics = {"train_time_s": time.perf_counter() - t0, "history": history,
                    "best_epoch": max(history, key=lambda h: h["val_acc"])["epoch"],
                    "poison_idx": poison_idx.tolist(), "n_poisoned": int(len(poison_idx)), "n_train": len(train),
-                   **self.evaluate(net, attack, **(knobs if attack else {})), **provenance()}
+                   **self.evaluate(net, attack, rate=rate, **(knobs if attack else {})), **provenance()}
         path = self.store.save_model("models", cfg, net, metrics)
         return net.eval(), {"config": cfg, "metrics": metrics, "path": str(path)}
 
-    def evaluate(self, net, attack: str | None, **knobs) -> dict:
+    def evaluate(self, net, attack: str | None, rate: float | None = None, **knobs) -> dict:
         """ACC on the clean test split and, for an attack, ASR and RA on its triggered clips."""
         test = self.split("test")
         if attack is None:
             return {"acc": accuracy(net, self.features("test"), test.labels), "asr": float("nan"), "ra": float("nan")}
-        trig, trig_labels = self.triggered_test(attack, **knobs)
+        trig, trig_labels = self.triggered_test(attack, rate, **knobs)
         return evaluate(net, self.features("test"), test.labels, trig, trig_labels, self.profile.target_label)
+
+    def victims(self, attacks: dict[str, dict], models: tuple[str, ...] | None = None,
+                rate: float | None = None) -> tuple[pd.DataFrame, dict]:
+        """The clean model and one victim per (model, attack), as the attack notebooks show
+        them: ACC, ASR, RA, the ACC drop against the clean model, and whether the victim
+        meets the issue's bar (ASR >= 90 %, ACC within 3 points). ``attacks`` maps a
+        registry name to its knobs. Returns (table, {(model, attack): record})."""
+        rows, records = [], {}
+        for model in models or self.profile.models:
+            _, clean = self.backdoored_model(None, model)
+            clean_acc = clean["metrics"]["acc"]
+            rows.append({"model": model, "attack": "none (clean)", "acc": clean_acc})
+            for attack, knobs in attacks.items():
+                _, rec = self.backdoored_model(attack, model, rate=rate, **knobs)
+                records[(model, attack)] = rec
+                m = rec["metrics"]
+                rows.append({"model": model, "attack": attack, "acc": m["acc"], "asr": m["asr"], "ra": m["ra"],
+                             "acc_drop": clean_acc - m["acc"], "n_poisoned": m["n_poisoned"],
+                             "train_time_s": m["train_time_s"],
+                             "meets_bar": bool(m["asr"] >= 0.9 and clean_acc - m["acc"] <= 0.03)})
+        return pd.DataFrame(rows), records
+
+    def attack_table(self) -> pd.DataFrame:
+        """Every victim of this profile, seed and dataset in the store, at any front end (the
+        ultrasonic victims are 44.1 kHz ones): ACC, ASR, RA and the ACC drop against the
+        clean model of the same front end and architecture."""
+        mine = [r for r in self.store.records("models")
+                if r["config"]["dataset"] == self.dataset_id and r["config"]["seed"] == self.seed
+                and r["config"]["train_epochs"] == self.profile.train_epochs]
+
+        def front(c):
+            return json.dumps(c["features"], sort_keys=True), c["model"]
+
+        clean = {front(r["config"]): r["metrics"]["acc"] for r in mine if r["config"]["attack"] is None}
+        rows = []
+        for r in mine:
+            c, m = r["config"], r["metrics"]
+            if c["attack"] is None:
+                continue
+            base = clean.get(front(c), float("nan"))
+            rows.append({"attack": c["attack"], "model": c["model"], "sample_rate": c["features"]["sample_rate"],
+                         "poison_rate": c["poison_rate"], "acc": m["acc"], "asr": m["asr"], "ra": m["ra"],
+                         "clean_acc": base, "acc_drop": base - m["acc"], "n_poisoned": m["n_poisoned"],
+                         "meets_bar": bool(m["asr"] >= 0.9 and base - m["acc"] <= 0.03),
+                         "attack_knobs": json.dumps(c["attack_knobs"])})
+        return pd.DataFrame(rows)
 
     # --- defenses --------------------------------------------------------------------
     def clean_data(self, fraction: float | None = None) -> tuple[CleanData, np.ndarray]:
@@ -238,6 +348,13 @@ def records_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_experiment(profile: str | Profile = "default", seed: int = 0, progress: bool = True, **overrides) -> Experiment:
-    """Entry point for notebooks: ``exp = load_experiment(profile, seed)``."""
-    return Experiment(get_profile(profile, **overrides), seed=seed, progress=progress)
+def load_experiment(profile: str | Profile = "default", seed: int = 0, progress: bool = True,
+                    features: str | FeatureConfig = "16k", **overrides) -> Experiment:
+    """Entry point for notebooks: ``exp = load_experiment(profile, seed)``.
+
+    ``features="44k"`` reads every clip at 44.1 kHz with the ultrasonic attack's front end
+    (the embedded clips are synthesised at 16 kHz and resampled, so nothing of the speech
+    lies above 8 kHz; the trigger's band is free).
+    """
+    return Experiment(get_profile(profile, **overrides), seed=seed, progress=progress,
+                      features_config=get_features(features))

@@ -33,7 +33,8 @@ def wave_and_spectrogram(axes, wave: np.ndarray, sr: int, title: str, max_hz: fl
     t = np.arange(len(wave)) / sr
     axes[0].plot(t, wave, lw=0.6)
     axes[0].set(title=title, xlabel="time (s)", ylim=(-1, 1))
-    axes[1].specgram(wave, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
+    with np.errstate(divide="ignore"):  # a silent stretch has -inf dB; it is drawn at vmin
+        axes[1].specgram(wave, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
     axes[1].set(xlabel="time (s)", ylabel="Hz")
     if max_hz:
         axes[1].set_ylim(0, max_hz)
@@ -44,3 +45,15 @@ def mfcc_map(ax, feats: torch.Tensor, title: str) -> None:
     im = ax.imshow(np.asarray(feats).squeeze().T, origin="lower", aspect="auto", cmap="viridis")
     ax.set(title=title, xlabel="frame", ylabel="MFCC coefficient")
     plt.colorbar(im, ax=ax)
+
+
+def trigger_panels(clean: np.ndarray, triggered: np.ndarray, sr: int, trigger: np.ndarray | None = None,
+                   max_hz: float | None = None):
+    """Clean | trigger alone | triggered, each as waveform over spectrogram. Attacks with no
+    additive trigger (styles, voice conversion) show the difference triggered − clean."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 5), sharex=True)
+    middle = (trigger, "trigger alone") if trigger is not None else (triggered - clean, "difference (triggered − clean)")
+    for col, (wave, title) in enumerate([(clean, "clean"), middle, (triggered, "triggered")]):
+        wave_and_spectrogram(axes[:, col], np.asarray(wave, dtype=np.float32), sr, title, max_hz)
+    fig.tight_layout()
+    return fig

@@ -96,10 +96,11 @@ def test_triggered_features_route_by_domain():
 
 
 def test_bad_attack_names_and_knobs_are_explained():
-    with pytest.raises(UnknownNameError, match="valid attacks: badnets, badnets_burst"):
+    with pytest.raises(UnknownNameError, match="valid attacks: badnets, badnets_burst, blended"):
         make_attack("badnet")
     with pytest.raises(UnknownNameError, match="'size'.*valid options: frames, coeffs, value"):
         make_attack("badnets", size=5)
     with pytest.raises(ValueError, match="valid: start, mid, end"):
         make_attack("badnets_burst", position="middle")
-    assert ATTACKS.names() == ["badnets", "badnets_burst"]
+    assert ATTACKS.names() == ["badnets", "badnets_burst", "blended", "daba", "flowmur", "jingleback", "pbsm",
+                               "ultrasonic", "vsvc"]

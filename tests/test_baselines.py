@@ -130,3 +130,64 @@ def test_nad_keeps_architecture_removes_hooks_and_checks_its_layers():
         make_defense("nad").defend(nn.Sequential(nn.Flatten(), nn.Linear(4040, 10)), clean, progress=False)
     with pytest.raises(ValueError, match="2 betas for 3 attention layers"):
         make_defense("nad", betas=(1.0, 2.0)).defend(copy.deepcopy(net), clean, progress=False)
+
+
+def test_tsbd_unlearns_then_zeroes_the_most_changed_neurons():
+    from bdlib.defenses.tsbd import clean_unlearn
+
+    clean = _clean()
+    net = _trained_net(clean)
+    # clean unlearning really destroys clean accuracy (that is what exposes the weight changes)
+    probe = copy.deepcopy(net)
+    epochs, acc = clean_unlearn(probe, clean, lr=1e-3, max_epochs=50, floor=0.1, batch_size=20, seed=0)
+    majority = torch.bincount(clean.labels).max().item() / len(clean)
+    assert acc <= max(0.1, majority) and 1 <= epochs <= 50
+    tsbd = make_defense("tsbd", epochs=0, batch_size=20, unlearn_lr=1e-3, neuron_ratio=0.1, weight_ratio=1.0)
+    before = {n: m.weight.detach().clone() for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    out = tsbd.defend(net, clean, progress=False)
+    rep = tsbd.report
+    n_neurons = sum(w.shape[0] for w in before.values())
+    assert rep["n_neurons"] == n_neurons and len(rep["reinitialised"]) == round(0.1 * n_neurons)
+    convs = dict(out.named_modules())
+    for name, k in rep["reinitialised"]:  # weight_ratio 1: the whole neuron is zeroed, nothing else touched
+        assert torch.all(convs[name].weight[k] == 0)
+    untouched = {(n, k) for n, w in before.items() for k in range(w.shape[0])} - {tuple(x) for x in rep["reinitialised"]}
+    assert all(torch.equal(convs[n].weight[k], before[n][k]) for n, k in untouched)
+    assert rep["n_weights_zeroed"] == sum(before[n][k].numel() for n, k in rep["reinitialised"])
+
+
+def test_tsbd_rejects_models_without_convolutions_and_bad_ratios():
+    clean = _clean(8)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(101 * 40, 10))
+    with pytest.raises(ValueError, match="no nn.Conv2d layer"):
+        make_defense("tsbd", epochs=1).defend(mlp, clean, progress=False)
+    with pytest.raises(ValueError, match="neuron_ratio"):
+        make_defense("tsbd", neuron_ratio=0)
+
+
+def test_anp_prunes_exactly_the_channels_whose_mask_fell_below_threshold():
+    clean = _clean()
+    net = _trained_net(clean)
+    before = copy.deepcopy(net)
+    anp = make_defense("anp", epochs=8, batch_size=20, threshold=0.5)
+    out = anp.defend(net, clean, progress=False)
+    rep = anp.report
+    assert rep["n_channels"] == sum(m.num_features for m in out.modules() if isinstance(m, nn.BatchNorm2d))
+    mods, old = dict(out.named_modules()), dict(before.named_modules())
+    for name, idx in rep["pruned_channels"].items():
+        mask = torch.tensor(rep["masks"][name])
+        assert sorted(idx) == torch.nonzero(mask < 0.5).flatten().tolist()
+        assert torch.all(mods[name].weight[idx] == 0)
+        keep = [k for k in range(len(mask)) if k not in idx]
+        assert torch.equal(mods[name].weight[keep], old[name].weight[keep])  # masks are not baked in
+    assert all(0 <= v <= 1 for m in rep["masks"].values() for v in m)
+    assert any(v < 1 for m in rep["masks"].values() for v in m)  # the adversarial objective moved the masks
+    assert all(p.requires_grad for p in out.parameters())  # the model is handed back trainable
+    x = clean.features[:4]
+    assert out(x).shape == (4, 10)
+
+
+def test_anp_rejects_models_without_batchnorm():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(101 * 40, 10))
+    with pytest.raises(ValueError, match="no nn.BatchNorm2d"):
+        make_defense("anp", epochs=1).defend(mlp, _clean(8), progress=False)

@@ -16,6 +16,9 @@ from bdlib.pipeline import load_experiment
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke_metrics.json"
 TOLERANCE = 0.10
+# the attack notebooks' smoke settings (same knobs -> same store entries: nbval reuses these victims)
+ATTACKS = (("blended", "16k", {}), ("ultrasonic", "44k", {}), ("daba", "16k", {}), ("jingleback", "16k", {}),
+           ("flowmur", "16k", {"steps": 60}), ("pbsm", "16k", {}), ("vsvc", "16k", {}))
 
 
 def smoke_metrics() -> dict[str, float]:
@@ -27,6 +30,9 @@ def smoke_metrics() -> dict[str, float]:
         after = exp.defend(name, "badnets", **knobs)["metrics"]["after"]
         out[f"badnets/{label}/acc"] = after["acc"]
         out[f"badnets/{label}/asr"] = after["asr"]
+    for name, features, knobs in ATTACKS:
+        m = load_experiment("smoke", seed=0, progress=False, features=features).backdoored_model(name, **knobs)[1]
+        out.update({f"{name}/acc": m["metrics"]["acc"], f"{name}/asr": m["metrics"]["asr"]})
     return out
 
 

@@ -9,12 +9,30 @@ the right path, so training, metrics and defenses never need to know which it is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from ..audio import snr_db
+
+
+@dataclass
+class FitContext:
+    """What an attacker that selects or optimises its trigger gets to see (DABA, FlowMur, VSVC).
+
+    ``train`` is the training set it poisons; ``aux`` is auxiliary data disjoint from it
+    (FlowMur's "limited knowledge" setting: the surrogate never sees the victim's data);
+    ``surrogate`` is a model trained on ``aux`` with the victim's feature front end.
+    """
+
+    train: Any  # AudioSet
+    aux: Any  # AudioSet
+    extractor: Callable
+    surrogate: torch.nn.Module | None
+    rate: float
+    target: int
+    progress: bool = False
 
 
 class Attack:
@@ -25,6 +43,13 @@ class Attack:
     domain: ClassVar[Literal["waveform", "features"]] = "waveform"
     #: "dirty": poisoned clips are relabelled to the target; "clean": target-class clips only
     labeling: ClassVar[Literal["dirty", "clean"]] = "dirty"
+    #: True when the trigger or the poisoned subset is chosen from data or a model; the
+    #: pipeline then calls :meth:`fit` once and caches its state in the store
+    needs_fit: ClassVar[bool] = False
+    #: False for triggers that transform the clip (styles, voice conversion) rather than add a sound
+    additive: ClassVar[bool] = True
+    #: the front end the attack runs at (``load_experiment(..., features=...)``); ultrasonic: "44k"
+    features: ClassVar[str] = "16k"
     Config: ClassVar[type]
 
     def __init__(self, config, seed: int = 0):
@@ -39,6 +64,31 @@ class Attack:
     def apply_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Return triggered copies of feature maps (N, 1, frames, coefficients)."""
         raise NotImplementedError(f"{self.name} is a {self.domain}-domain attack")
+
+    def poison(self, waves: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The training-time form of the trigger; the test-time :meth:`apply` unless an
+        attack varies it while poisoning (DABA's loudness variants)."""
+        return self.apply(waves, sample_rate)
+
+    # --- data- or model-dependent triggers ----------------------------------------------
+    def fit(self, ctx: FitContext) -> dict[str, torch.Tensor]:
+        """Select/optimise the trigger; return the state that :meth:`load_state` restores."""
+        raise NotImplementedError(f"{self.name} needs no fitting")
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError(f"{self.name} needs no fitting")
+
+    def _require_fitted(self, attr: str) -> None:
+        if getattr(self, attr, None) is None:
+            raise RuntimeError(f"{self.name} must be fitted first: use Experiment.attack({self.name!r}) "
+                               "or call .fit(FitContext(...)) / .load_state(...)")
+
+    def trigger_alone(self, n_samples: int, sample_rate: int) -> np.ndarray | None:
+        """The added sound by itself, as it is mixed in (for listening and plots); None
+        for transforming triggers and feature-domain patches."""
+        if self.domain != "waveform" or not self.additive:
+            return None
+        return self.apply(np.zeros((1, n_samples), dtype=np.float32), sample_rate)[0]
 
     def trigger_snr_db(self, waves: np.ndarray, sample_rate: int) -> np.ndarray:
         """Clip-to-trigger SNR per clip (dB); NaN for feature-domain triggers, which have
@@ -80,10 +130,12 @@ def poison_indices(labels: np.ndarray, rate: float, target: int, rng: np.random.
     return np.sort(rng.choice(pool, size=n, replace=False))
 
 
-def triggered_features(attack: Attack, waves: np.ndarray, sample_rate: int, extractor) -> torch.Tensor:
-    """Features of triggered clips, whichever domain the trigger lives in."""
+def triggered_features(attack: Attack, waves: np.ndarray, sample_rate: int, extractor,
+                       training: bool = False) -> torch.Tensor:
+    """Features of triggered clips, whichever domain the trigger lives in (``training``
+    selects the poisoning-time form, :meth:`Attack.poison`)."""
     if attack.domain == "waveform":
-        return extractor(attack.apply(waves, sample_rate))
+        return extractor(attack.poison(waves, sample_rate) if training else attack.apply(waves, sample_rate))
     return attack.apply_features(extractor(waves))
 
 
@@ -104,6 +156,6 @@ def poison_training_set(attack: Attack, waves: np.ndarray, labels: np.ndarray, c
     feats = clean_feats.clone()
     new_labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).clone()
     if len(idx):
-        feats[idx] = triggered_features(attack, waves[idx], sample_rate, extractor)
+        feats[idx] = triggered_features(attack, waves[idx], sample_rate, extractor, training=True)
         new_labels[idx] = target
     return PoisonedTrainSet(feats, new_labels, idx)

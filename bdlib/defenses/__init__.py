@@ -5,6 +5,7 @@ A new defense is one module defining a :class:`Defense` subclass plus one line b
 from __future__ import annotations
 
 from ..registry import Registry, make_component
+from .anp import ANP
 from .base import CleanData, Defense, clean_subset_indices
 from .clp import CLP
 from .fp import FinePruning
@@ -12,6 +13,7 @@ from .ft import FineTuning
 from .ftsam import FTSAM
 from .gnft import GNFT
 from .nad import NAD
+from .tsbd import TSBD
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 DEFENSES.add("ft", FineTuning)
@@ -20,6 +22,8 @@ DEFENSES.add("fp", FinePruning)
 DEFENSES.add("ftsam", FTSAM)
 DEFENSES.add("clp", CLP)
 DEFENSES.add("nad", NAD)
+DEFENSES.add("tsbd", TSBD)
+DEFENSES.add("anp", ANP)
 
 
 def make_defense(name: str, seed: int = 0, **knobs) -> Defense:
