@@ -130,7 +130,7 @@ class Experiment:
         cfg = {"dataset": self.dataset_id, "features": self.features_config.to_dict(), "model": model,
                "seed": self.seed, "data": "val", "epochs": p.train_epochs, "batch_size": p.train_batch_size,
                "lr": p.train_lr}
-        net = build_model(model, self.input_shape, len(self.class_names))
+        net = build_model(model, self.input_shape, len(self.class_names), seed=self.seed + 1)
         if self.store.has("surrogates", cfg):
             return self.store.load_model_into("surrogates", cfg, net)
         aux = self.split("val")
@@ -203,7 +203,7 @@ class Experiment:
         the record holds config, metrics, poisoned indices, seed and git commit.
         """
         cfg = self.attack_config(attack, model, rate, target, **knobs)
-        net = build_model(model, self.input_shape, len(self.class_names))
+        net = build_model(model, self.input_shape, len(self.class_names), seed=self.seed)
         if self.store.has("models", cfg):
             self.store.load_model_into("models", cfg, net)
             return net, {"config": cfg, "metrics": self.store.load_metrics("models", cfg),

@@ -45,10 +45,10 @@ PROFILES.add(
     "smoke",
     Profile(
         name="smoke",
-        speakers_train=48,
+        speakers_train=32,
         speakers_val=10,
         speakers_test=16,
-        train_epochs=12,
+        train_epochs=10,
         train_batch_size=32,
         defense_epochs=10,
     ),

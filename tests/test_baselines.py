@@ -10,6 +10,7 @@ from bdlib.defenses import CleanData, make_defense
 from bdlib.defenses.clp import channel_lipschitz, conv_bn_pairs
 from bdlib.defenses.fp import mean_activation
 from bdlib.defenses.gnft import approx_gradient
+from bdlib.defenses.ibau import implicit_hypergradient
 from bdlib.models import build_model
 
 
@@ -191,3 +192,40 @@ def test_anp_rejects_models_without_batchnorm():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(101 * 40, 10))
     with pytest.raises(ValueError, match="no nn.BatchNorm2d"):
         make_defense("anp", epochs=1).defend(mlp, _clean(8), progress=False)
+
+
+def test_ibau_hypergradient_matches_the_analytic_implicit_gradient():
+    # inner: δ*(θ) = argmin ½‖δ − θ‖² = θ (map Φ = δ − η(δ − θ)); outer: ‖δ‖² + θ·1 -> d/dθ = 2θ + 1
+    theta = torch.tensor([0.5, -1.5, 2.0], requires_grad=True)
+    eta = 0.5
+
+    def fp_map(d):
+        inner = 0.5 * (d - theta).pow(2).sum()
+        (g,) = torch.autograd.grad(inner, d, create_graph=True)
+        return d - eta * g
+
+    (g,) = implicit_hypergradient(theta.detach().clone(), [theta], fp_map,
+                                  lambda d: d.pow(2).sum() + theta.sum(), K=60)
+    assert torch.allclose(g, 2 * theta.detach() + 1, atol=1e-5)
+    (g1,) = implicit_hypergradient(theta.detach().clone(), [theta], fp_map,
+                                   lambda d: d.pow(2).sum() + theta.sum(), K=1)
+    assert not torch.allclose(g1, g, atol=1e-2)  # K matters: one iteration is only a partial sum
+
+
+def test_ibau_unlearns_keeps_architecture_and_applies_to_models_without_conv_or_bn():
+    clean = _clean()
+    net = _trained_net(clean)
+    before = copy.deepcopy(net)
+    ibau = make_defense("ibau", epochs=2, batch_size=20, lr=1e-3)
+    out = ibau.defend(net, clean, progress=False)
+    assert type(out) is type(before)
+    assert any(not torch.equal(a, b) for a, b in zip(out.state_dict().values(), before.state_dict().values()))
+    assert len(ibau.report["perturbation_norms"]) == 2 and all(n > 0 for n in ibau.report["perturbation_norms"])
+    acc = lambda m: (m(clean.features).argmax(1) == clean.labels).float().mean().item()  # noqa: E731
+    assert acc(out) >= acc(before) - 0.2
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(101 * 40, 10))
+    w0 = mlp[1].weight.detach().clone()
+    make_defense("ibau", epochs=1, batch_size=20, lr=1e-3).defend(mlp, clean, progress=False)
+    assert not torch.equal(mlp[1].weight, w0)
+    with pytest.raises(ValueError, match="portion"):
+        make_defense("ibau", portion=0)

@@ -104,7 +104,7 @@ def test_bad_defense_input_is_explained():
         make_defense("gnft", lamda=0.1)
     with pytest.raises(ValueError, match="valid: approx, exact"):
         make_defense("gnft", mode="hessian")
-    with pytest.raises(UnknownNameError, match="valid defenses: clp, fp, ft, ftsam, gnft, nad"):
+    with pytest.raises(UnknownNameError, match="valid defenses: anp, clp, fp, ft, ftsam, gnft, ibau, nad, tsbd"):
         make_defense("fine-pruning")
 
 

@@ -3,8 +3,11 @@
 The smoke profile is tiny, so its numbers are not claims about the method; they are a
 tripwire: a change that shifts any of them by more than ``TOLERANCE`` (absolute, on
 fractions) changed behaviour and must either be fixed or re-baselined on purpose with
-``BDLIB_UPDATE_REFERENCE=1 make test``. Training is seeded and runs on the CPU; the
-tolerance absorbs kernel-level differences between machines.
+``BDLIB_UPDATE_REFERENCE=1 make test``. Training and model initialisation are seeded and
+run on the CPU, so one machine reproduces its numbers exactly; between two machines of the
+same kind, floating-point differences in the kernels still move these small, half-trained
+models (seen: accuracies several points apart between CI and the development machine on
+the same commit), hence the wide tolerance.
 """
 import json
 import os
@@ -15,7 +18,7 @@ import pytest
 from bdlib.pipeline import load_experiment
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke_metrics.json"
-TOLERANCE = 0.10
+TOLERANCE = 0.15
 # the attack notebooks' smoke settings (same knobs -> same store entries: nbval reuses these victims)
 ATTACKS = (("blended", "16k", {}), ("ultrasonic", "44k", {}), ("daba", "16k", {}), ("jingleback", "16k", {}),
            ("flowmur", "16k", {"steps": 60}), ("pbsm", "16k", {}), ("vsvc", "16k", {}))

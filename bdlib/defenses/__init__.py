@@ -12,6 +12,7 @@ from .fp import FinePruning
 from .ft import FineTuning
 from .ftsam import FTSAM
 from .gnft import GNFT
+from .ibau import IBAU
 from .nad import NAD
 from .tsbd import TSBD
 
@@ -24,6 +25,7 @@ DEFENSES.add("clp", CLP)
 DEFENSES.add("nad", NAD)
 DEFENSES.add("tsbd", TSBD)
 DEFENSES.add("anp", ANP)
+DEFENSES.add("ibau", IBAU)
 
 
 def make_defense(name: str, seed: int = 0, **knobs) -> Defense:
