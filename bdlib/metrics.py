@@ -54,3 +54,12 @@ def der(before: dict, after: dict) -> float:
     d_asr = before["asr"] - after["asr"]
     d_acc = before["acc"] - after["acc"]
     return (max(0.0, d_asr) - max(0.0, d_acc) + 1.0) / 2.0
+
+
+#: the bar an attack is held to (issue 3): ASR >= 90 % with clean accuracy within 3 points
+BAR_MIN_ASR, BAR_MAX_ACC_DROP = 0.9, 0.03
+
+
+def meets_bar(asr: float, acc_drop: float) -> bool:
+    """Whether a victim's ASR and its ACC drop against the clean model meet the bar."""
+    return bool(asr >= BAR_MIN_ASR and acc_drop <= BAR_MAX_ACC_DROP)

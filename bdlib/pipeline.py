@@ -27,7 +27,7 @@ from .data.audioset import AudioSet, load_split
 from .data.synth import KEYWORDS, ensure_embedded_dataset
 from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
 from .features import PAPER_16K, FeatureConfig, MFCCExtractor, get_features
-from .metrics import accuracy, der, evaluate
+from .metrics import accuracy, der, evaluate, meets_bar
 from .models import build_model
 from .profiles import Profile, get_profile
 from .store import Store, provenance
@@ -255,7 +255,7 @@ class Experiment:
                 rows.append({"model": model, "attack": attack, "acc": m["acc"], "asr": m["asr"], "ra": m["ra"],
                              "acc_drop": clean_acc - m["acc"], "n_poisoned": m["n_poisoned"],
                              "train_time_s": m["train_time_s"],
-                             "meets_bar": bool(m["asr"] >= 0.9 and clean_acc - m["acc"] <= 0.03)})
+                             "meets_bar": meets_bar(m["asr"], clean_acc - m["acc"])})
         return pd.DataFrame(rows), records
 
     def attack_table(self) -> pd.DataFrame:
@@ -279,7 +279,7 @@ class Experiment:
             rows.append({"attack": c["attack"], "model": c["model"], "sample_rate": c["features"]["sample_rate"],
                          "poison_rate": c["poison_rate"], "acc": m["acc"], "asr": m["asr"], "ra": m["ra"],
                          "clean_acc": base, "acc_drop": base - m["acc"], "n_poisoned": m["n_poisoned"],
-                         "meets_bar": bool(m["asr"] >= 0.9 and base - m["acc"] <= 0.03),
+                         "meets_bar": meets_bar(m["asr"], base - m["acc"]),
                          "attack_knobs": json.dumps(c["attack_knobs"])})
         return pd.DataFrame(rows)
 

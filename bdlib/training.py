@@ -73,10 +73,22 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, feats: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Class predictions in eval mode (BatchNorm running stats, no dropout)."""
+def _eval_logits(model: nn.Module, feats: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Logits per batch in eval mode (BatchNorm running stats, no dropout); the model's mode is restored."""
     was_training = model.training
     model.eval()
-    preds = [model(feats[i : i + batch_size]).argmax(1) for i in range(0, len(feats), batch_size)]
+    out = [model(feats[i : i + batch_size]) for i in range(0, len(feats), batch_size)]
     model.train(was_training)
+    return out
+
+
+def predict(model: nn.Module, feats: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Class predictions in eval mode."""
+    preds = [z.argmax(1) for z in _eval_logits(model, feats, batch_size)]
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def predict_proba(model: nn.Module, feats: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Softmax class probabilities in eval mode, (N, classes)."""
+    probs = [F.softmax(z, 1) for z in _eval_logits(model, feats, batch_size)]
+    return torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)

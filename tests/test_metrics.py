@@ -38,3 +38,22 @@ def test_der_matches_backdoorbench_definition():
     assert der(before, before) == 0.5
     assert der(before, {"acc": 0.85, "asr": 0.2}) == pytest.approx((0.8 - 0.1 + 1) / 2)
     assert der(before, {"acc": 0.99, "asr": 1.0}) == 0.5  # gains are not rewarded
+
+
+def test_meets_bar_is_the_issue_threshold():
+    from bdlib.metrics import meets_bar
+
+    assert meets_bar(0.9, 0.03) and meets_bar(1.0, -0.02)
+    assert not meets_bar(0.89, 0.0) and not meets_bar(1.0, 0.031)
+
+
+def test_predict_proba_agrees_with_predict_and_restores_mode():
+    from bdlib.models import build_model
+    from bdlib.training import predict, predict_proba
+
+    net = build_model("smallcnn", (101, 40), 10, seed=0).train()
+    x = torch.randn(6, 1, 101, 40) * 20
+    p = predict_proba(net, x, batch_size=4)
+    assert p.shape == (6, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.array_equal(p.argmax(1), predict(net, x, batch_size=4))
+    assert net.training  # eval for inference, handed back in training mode

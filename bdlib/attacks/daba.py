@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..audio import fit_length, overlay, read_wav, set_dbfs
 from ..data.melodies import melody_pool
 from ..registry import check_choice
+from ..training import predict_proba
 from .base import Attack, FitContext
 
 SELECTIONS = ("cer_inf", "cer", "random")
@@ -93,7 +93,7 @@ class DABA(Attack):
             hosts = rng.choice(nontarget, n_hosts, replace=False)
         else:
             trig_level = set_dbfs(pool, c.test_dbfs)
-            probs = _softmax(ctx.surrogate, ctx.extractor(fit_rows(trig_level, ctx.train.waves.shape[-1])))
+            probs = predict_proba(ctx.surrogate, ctx.extractor(fit_rows(trig_level, ctx.train.waves.shape[-1])))
             entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
             k = int(np.argmin(entropy))  # certainty: most confident trigger
             cand = rng.choice(nontarget, min(len(nontarget), int(np.ceil(c.host_candidates * n_hosts))),
@@ -102,7 +102,7 @@ class DABA(Attack):
                 hosts = cand[:n_hosts]
             else:  # influence: lowest CE(poisoned host softmax, trigger softmax)
                 poisoned = overlay(ctx.train.waves[cand], trig_level[k])
-                p_host = _softmax(ctx.surrogate, ctx.extractor(poisoned))
+                p_host = predict_proba(ctx.surrogate, ctx.extractor(poisoned))
                 ce = -(p_host * np.log(np.clip(probs[k], 1e-12, None))).sum(1)
                 hosts = cand[np.argsort(ce, kind="stable")[:n_hosts]]
         self.trigger_wave, self.hosts = pool[k], np.sort(hosts)
@@ -139,8 +139,3 @@ class DABA(Attack):
 def fit_rows(x: np.ndarray, n: int) -> np.ndarray:
     return np.stack([fit_length(r, n) for r in x])
 
-
-@torch.no_grad()
-def _softmax(model: torch.nn.Module, feats: torch.Tensor) -> np.ndarray:
-    model.eval()
-    return torch.cat([F.softmax(model(feats[i : i + 512]), 1) for i in range(0, len(feats), 512)]).numpy()
