@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..training import batches, predict
+from ..metrics import accuracy
+from ..training import batches
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune
 from .gnft import approx_gradient
@@ -57,7 +58,7 @@ def clean_unlearn(model: nn.Module, clean: CleanData, lr: float, max_epochs: int
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     floor = max(floor, float(np.bincount(clean.labels.numpy()).max() / len(clean)))
-    acc = float(np.mean(predict(model, clean.features) == clean.labels.numpy()))
+    acc = accuracy(model, clean.features, clean.labels.numpy())
     epoch = 0
     while acc > floor and epoch < max_epochs:
         model.train()
@@ -68,7 +69,7 @@ def clean_unlearn(model: nn.Module, clean: CleanData, lr: float, max_epochs: int
             (-F.cross_entropy(model(clean.features[idx]), clean.labels[idx])).backward()
             opt.step()
         epoch += 1
-        acc = float(np.mean(predict(model, clean.features) == clean.labels.numpy()))
+        acc = accuracy(model, clean.features, clean.labels.numpy())
     return epoch, acc
 
 
