@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attacks import Attack, FitContext, make_attack, poison_training_set, triggered_features
+from .attacks import ATTACKS, Attack, FitContext, make_attack, poison_training_set, triggered_features
 from .data.audioset import AudioSet, load_split
 from .data.synth import KEYWORDS, ensure_embedded_dataset
 from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
@@ -176,17 +176,23 @@ class Experiment:
         return {**self.store.load_tensors("attack_fits", cfg), "path": str(self.store.path("attack_fits", cfg))}
 
     def triggered_test(self, attack: str, rate: float | None = None, **knobs) -> tuple[torch.Tensor, np.ndarray]:
-        """Triggered features of the *non-target* test clips, and their true labels (memoised:
-        every defense of a victim is evaluated on the same clips, and voice conversion or
-        pedal chains over the test set cost tens of seconds)."""
+        """Triggered features of the *non-target* test clips, and their true labels (memoised and
+        cached in the store: every defense of a victim is evaluated on the same clips, and voice
+        conversion or pedal chains over the test set cost tens of seconds)."""
         key = json.dumps([attack, rate, knobs], sort_keys=True, default=str)
         if key not in self._triggered:
-            test = self.split("test")
             target = self.profile.target_label
-            keep = test.labels != target
             atk = self.attack(attack, rate, target, **knobs)
-            self._triggered[key] = (triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor),
-                                    test.labels[keep])
+            cfg = {**self._fit_config(attack, atk, rate, target), "split": "test", "which": "non-target"}
+            if self.store.has("triggered", cfg):
+                t = self.store.load_tensors("triggered", cfg)
+            else:
+                test = self.split("test")
+                keep = test.labels != target
+                t = {"x": triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor),
+                     "y": torch.as_tensor(test.labels[keep])}
+                self.store.save("triggered", cfg, {"n": len(t["y"]), **provenance()}, t)
+            self._triggered[key] = (t["x"], t["y"].numpy())
         return self._triggered[key]
 
     @cached_property
@@ -346,6 +352,29 @@ def records_table(records: list[dict]) -> pd.DataFrame:
                      "der": m["der"], "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
                      "defense_knobs": json.dumps(c["defense_knobs"])})
     return pd.DataFrame(rows)
+
+
+def victim_attacks(profile: str | Profile) -> list[str]:
+    """The attacks whose victims the defense notebooks cover: the profile's ``defense_attacks``,
+    or every registered attack in registry order (so a new attack joins the grid by itself)."""
+    prof = get_profile(profile)
+    return list(ATTACKS if prof.defense_attacks is None else prof.defense_attacks)
+
+
+def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
+                   attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
+                   progress: bool = True, **knobs) -> list[dict]:
+    """One defense against every victim a defense notebook covers: each (model, attack) of the
+    profile (``attacks=None``: :func:`victim_attacks`), every victim loaded from the store
+    at its own attack's front end (the ultrasonic one at 44.1 kHz) with the knobs its attack
+    notebook trained it with. Returns the :meth:`Experiment.defend` records."""
+    prof = get_profile(profile)
+    attacks = victim_attacks(prof) if attacks is None else list(attacks)
+    fronts = {a: ATTACKS.get(a).features for a in attacks}  # validates the names
+    exps = {f: load_experiment(prof, seed, progress=progress, features=f) for f in set(fronts.values())}
+    return [exps[fronts[a]].defend(defense, a, model=model, clean_fraction=clean_fraction,
+                                   attack_knobs=prof.attack_knobs.get(a), **knobs)
+            for model in prof.models for a in attacks]
 
 
 def load_experiment(profile: str | Profile = "default", seed: int = 0, progress: bool = True,

@@ -57,3 +57,18 @@ def trigger_panels(clean: np.ndarray, triggered: np.ndarray, sr: int, trigger: n
         wave_and_spectrogram(axes[:, col], np.asarray(wave, dtype=np.float32), sr, title, max_hz)
     fig.tight_layout()
     return fig
+
+
+def asr_before_after(table, name: str, profile: str):
+    """Bar chart of ASR before → after per attack (one panel per defense), as every defense
+    notebook shows it; saved to ``figures/<name>``."""
+    import seaborn as sns
+
+    long = table.melt(id_vars=["attack", "defense"], value_vars=["asr_before", "asr_after"], var_name="when",
+                      value_name="ASR")
+    g = sns.catplot(data=long, x="attack", y="ASR", hue="when", col="defense", kind="bar", height=3.5,
+                    aspect=max(1.2, 0.3 * long.attack.nunique()))
+    g.set(ylim=(0, 1))
+    g.tick_params(axis="x", rotation=30)
+    save_figure(g.figure, name, profile)
+    return g

@@ -35,6 +35,11 @@ class Profile:
     poison_rate: float = 0.10
     target_label: int = 2
     models: tuple[str, ...] = ("smallcnn",)
+    # the victims every defense notebook is run against; None: every registered attack
+    # (smoke: two, to keep CI short)
+    defense_attacks: tuple[str, ...] | None = None
+    # knobs the attack notebooks train those victims with (FlowMur's optimisation steps)
+    attack_knobs: dict = field(default_factory=lambda: {"flowmur": {"steps": 300}})
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "Profile":
@@ -51,6 +56,8 @@ PROFILES.add(
         train_epochs=10,
         train_batch_size=32,
         defense_epochs=10,
+        defense_attacks=("badnets", "badnets_burst"),
+        attack_knobs={"flowmur": {"steps": 60}},
     ),
 )
 PROFILES.add(

@@ -66,13 +66,18 @@ def test_fp_rejects_models_without_named_layers():
         make_defense("fp").defend(net, _clean(), progress=False)
 
 
-def test_ftsam_gradient_is_sam():
-    """FT-SAM's step is the gradient at θ + ρ g/‖g‖ (global norm)."""
+def _sam_problem():
+    """A tiny MLP, a batch, its parameters and their clean gradient."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
     x, y = torch.randn(16, 1, 3, 4), torch.randint(0, 3, (16,))
     params = list(net.parameters())
-    g = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    return net, x, y, params, torch.autograd.grad(F.cross_entropy(net(x), y), params)
+
+
+def test_ftsam_gradient_is_sam():
+    """FT-SAM's step is the gradient at θ + ρ g/‖g‖ (global norm)."""
+    net, x, y, params, g = _sam_problem()
     norm = torch.sqrt(sum((t * t).sum() for t in g))
     ref = copy.deepcopy(net)
     with torch.no_grad():
@@ -82,6 +87,27 @@ def test_ftsam_gradient_is_sam():
     _, got = approx_gradient(net, x, y, r=0.5, alpha=1.0, norm="global")
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_ftsam_adaptive_step_is_a_unit_ball_in_weight_relative_coordinates():
+    """ASAM's perturbation e = ρ·w²g/‖|w|g‖ has ‖e / |w|‖ = ρ, and the gradient is taken there."""
+    net, x, y, params, g = _sam_problem()
+    total = torch.sqrt(sum(((p.abs() * t) ** 2).sum() for p, t in zip(params, g)))
+    steps = [0.5 * p.detach() ** 2 * t / total for p, t in zip(params, g)]
+    rel = torch.sqrt(sum(((s / p.detach().abs()) ** 2).sum() for s, p in zip(steps, params)))
+    assert abs(rel.item() - 0.5) < 1e-4
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        for p, s in zip(ref.parameters(), steps):
+            p.add_(s)
+    expected = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
+    before = [p.detach().clone() for p in params]
+    _, got = approx_gradient(net, x, y, r=0.5, alpha=1.0, norm="adaptive")
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(params, before))  # weights restored (up to rounding)
+    _, plain = approx_gradient(net, x, y, r=0.5, alpha=1.0, norm="global")
+    assert any(not torch.allclose(a, b) for a, b in zip(got, plain))
 
 
 def test_ftsam_defends_and_keeps_architecture():
@@ -229,3 +255,24 @@ def test_ibau_unlearns_keeps_architecture_and_applies_to_models_without_conv_or_
     assert not torch.equal(mlp[1].weight, w0)
     with pytest.raises(ValueError, match="portion"):
         make_defense("ibau", portion=0)
+
+
+def test_ibau_perturbation_steps_and_radius():
+    """More δ steps per round fit a larger universal perturbation; the L2 ball caps it (in
+    units of the clean features' standard deviation)."""
+    clean = _clean()
+    net = _trained_net(clean)
+    norms = {}
+    for steps in (1, 8):
+        ibau = make_defense("ibau", epochs=1, batch_size=40, pert_steps=steps, radius=1e6)
+        ibau.defend(copy.deepcopy(net), clean, progress=False)
+        norms[steps] = ibau.report["perturbation_norms"][0]
+        assert ibau.report["input_scale"] == pytest.approx(float(clean.features.std()))
+    assert norms[8] > norms[1] > 0
+    capped = make_defense("ibau", epochs=2, batch_size=40, pert_steps=8, radius=norms[8] / 4)
+    capped.defend(copy.deepcopy(net), clean, progress=False)
+    assert capped.report["perturbation_norms"] == pytest.approx([norms[8] / 4] * 2, rel=1e-4)
+    with pytest.raises(ValueError, match="pert_steps"):
+        make_defense("ibau", pert_steps=0)
+    with pytest.raises(ValueError, match="radius"):
+        make_defense("ibau", radius=0)

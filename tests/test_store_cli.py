@@ -51,3 +51,13 @@ def test_cli_rejects_unknown_profile():
     proc = subprocess.run([sys.executable, "-m", "bdlib", "run", "--profile", "fast"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown profile 'fast'; valid profiles: default, paper, smoke" in proc.stderr
+
+
+def test_defense_notebooks_cover_the_profiles_victims():
+    from bdlib.attacks import ATTACKS
+    from bdlib.pipeline import defend_victims, victim_attacks
+
+    assert victim_attacks("smoke") == ["badnets", "badnets_burst"]
+    assert set(victim_attacks("default")) == set(ATTACKS) and len(victim_attacks("default")) == len(ATTACKS.names())
+    with pytest.raises(UnknownNameError, match="valid attacks: .*badnets"):  # before any data or training
+        defend_victims("ft", "smoke", attacks=["badnet"])

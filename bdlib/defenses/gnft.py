@@ -40,9 +40,14 @@ MODES = ("approx", "exact")
 NORMS = ("per_tensor", "global")
 
 
-def _directions(grads, norm: str):
+def _directions(grads, norm: str, params=None):
+    """Unit step directions: per tensor, one global norm, or ``"adaptive"`` (ASAM, Kwon et al.
+    ICML 2021, as FT-SAM uses it): w²·g / ‖|w|·g‖, a unit step in weight-relative coordinates."""
     if norm == "per_tensor":
         return [g / (g.norm() + 1e-12) for g in grads]
+    if norm == "adaptive":
+        total = torch.sqrt(sum(((p.abs() * g) ** 2).sum() for p, g in zip(params, grads))) + 1e-12
+        return [p.detach() * p.detach() * g / total for p, g in zip(params, grads)]
     total = torch.sqrt(sum((g * g).sum() for g in grads)) + 1e-12
     return [g / total for g in grads]
 
@@ -56,7 +61,7 @@ def approx_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r: float
     """(loss, (1−α)·∇L(θ) + α·∇L(θ + r·d)) with d the normalised gradient; θ is restored.
 
     With α = 1 and ``norm="global"`` this is exactly the SAM gradient (Foret et al. 2021)
-    with ρ = r, which FT-SAM reuses.
+    with ρ = r; with ``norm="adaptive"`` it is adaptive SAM, which FT-SAM uses.
     """
     params = trainable(model)
     rng = torch.get_rng_state()
@@ -64,7 +69,7 @@ def approx_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r: float
     g1 = torch.autograd.grad(loss1, params)
     buffers = [b.clone() for b in _bn_buffers(model)]
     with torch.no_grad():
-        steps = [r * d for d in _directions(g1, norm)]
+        steps = [r * d for d in _directions(g1, norm, params)]
         for p, s in zip(params, steps):
             p.add_(s)
     try:

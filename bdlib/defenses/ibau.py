@@ -12,21 +12,28 @@ hypergradient*  ∂L_out/∂θ + (∂Φ/∂θ)ᵀ v,  with  v = (I − ∂Φ/∂
 ``K`` fixed-point iterations, where Φ(δ, θ) = δ − η ∇_δ L_in(δ, θ) is one gradient step of the
 inner problem (Grazzi et al., "On the Iteration Complexity of Hypergradient Computation").
 
-Each round, as in the authors' code: (1) a fresh δ is fitted by one pass of SGD (lr 10)
-over the clean batches, maximising the cross-entropy against the model's *own* predictions
-(regulariser 0.001·‖δ‖²); (2) one pass of Adam over the clean batches takes hypergradient
-steps on θ, with δ added to a ``portion`` of each batch (the inner loss of Φ uses the first
-clean batch with its true labels, as in the original). The model stays in eval mode
-(BatchNorm statistics frozen), as in the original.
+Each round, as in the authors' code: (1) a fresh δ is fitted by SGD (lr 10) over the clean
+batches, maximising the cross-entropy against the model's *own* predictions (regulariser
+0.001·‖δ‖²), then projected onto an L2 ball of radius 10; (2) one pass of Adam over the
+clean batches takes hypergradient steps on θ, with δ added to a ``portion`` of each batch
+(the inner loss of Φ uses the first clean batch with its true labels, as in the original).
+The model stays in eval mode (BatchNorm statistics frozen), as in the original.
+
+Units: the original's δ lives on CIFAR images standardised to unit variance, where lr 10
+and radius 10 (≈ 18 % of a typical image norm, √3072 ≈ 55) make sense. MFCC values have a
+standard deviation of ~55, so δ is parameterised here in the same standardised units,
+x + σ·u with σ the clean features' standard deviation; every hyper-parameter of the
+original then keeps its meaning (reported norms are ‖u‖).
 
 Defaults are BackdoorBench's (Adam lr 1e-4, K = 5, 5 rounds, batch 100, portion 0.01).
 Deviations: the number of rounds is the ``epochs`` knob, which the profile sets (100 at
 the default profile: with 5 % clean data that is one batch per round, ~100 outer steps,
 about what 5 rounds over a 5 % CIFAR-10 subset give); at least one clip per batch carries
-δ (0.01 of a batch smaller than 100 would be none). Known weakness at small budgets: δ
-gets one SGD step per clean batch per round, so with a one-batch clean subset it stays tiny
-(notebook 28 measures it). I-BAU needs only gradients, so it
-applies to any differentiable model, recurrent and attention models included.
+δ (0.01 of a batch smaller than 100 would be none). The original fits δ with one SGD step
+per clean batch; on a 5 % CIFAR-10 subset that is 25 steps, but a one-batch audio clean set
+would get a single step and δ would stay near zero. ``pert_steps`` sets the number of δ
+steps per round (cycling over the clean batches); ``None`` keeps one pass. I-BAU needs only
+gradients, so it applies to any differentiable model, recurrent and attention models included.
 """
 from __future__ import annotations
 
@@ -49,7 +56,9 @@ class IBAUConfig:
     lr: float = 1e-4  # outer Adam
     K: int = 5  # fixed-point iterations of the hypergradient
     inner_lr: float = 0.1  # step η of the inner map Φ
-    pert_lr: float = 10.0  # SGD step of the per-round perturbation fit
+    pert_lr: float = 10.0  # SGD step of the per-round perturbation fit (standardised units)
+    pert_steps: int | None = None  # SGD steps of that fit; None: one pass over the clean batches
+    radius: float = 10.0  # L2 ball δ is projected onto after the fit (standardised units)
     reg: float = 0.001  # weight of ‖δ‖² in the inner loss
     portion: float = 0.01  # share of each outer batch that carries δ (at least one clip)
 
@@ -80,24 +89,31 @@ class IBAU(Defense):
     Config = IBAUConfig
 
     def __init__(self, config: IBAUConfig, seed: int = 0):
-        if config.epochs < 1 or config.K < 1 or not 0 < config.portion <= 1:
-            raise ValueError("I-BAU needs epochs >= 1, K >= 1 and 0 < portion <= 1")
+        if config.epochs < 1 or config.K < 1 or not 0 < config.portion <= 1 or config.radius <= 0:
+            raise ValueError("I-BAU needs epochs >= 1, K >= 1, 0 < portion <= 1 and radius > 0")
+        if config.pert_steps is not None and config.pert_steps < 1:
+            raise ValueError(f"I-BAU pert_steps must be >= 1 or None (one pass), got {config.pert_steps}")
         super().__init__(config, seed)
         self.report: dict = {}
 
-    def _fit_perturbation(self, model: nn.Module, clean: CleanData, gen: torch.Generator) -> torch.Tensor:
-        """One SGD pass: a universal δ that pushes clean clips away from the model's own predictions."""
+    def _fit_perturbation(self, model: nn.Module, clean: CleanData, scale: float,
+                          gen: torch.Generator) -> torch.Tensor:
+        """A universal u (input x + scale·u) that pushes clean clips away from the model's own
+        predictions: ``pert_steps`` SGD steps over the clean batches, then the L2 projection."""
         c = self.config
         delta = torch.zeros_like(clean.features[:1], requires_grad=True)
         opt = torch.optim.SGD([delta], lr=c.pert_lr)
-        for idx in batches(len(clean), c.batch_size, gen):
-            x = clean.features[idx]
+        order = list(batches(len(clean), c.batch_size, gen))
+        for step in range(c.pert_steps or len(order)):
+            x = clean.features[order[step % len(order)]]
             with torch.no_grad():
                 own = model(x).argmax(1)
-            loss = -F.cross_entropy(model(x + delta), own) + c.reg * delta.pow(2).sum()
+            loss = -F.cross_entropy(model(x + scale * delta), own) + c.reg * delta.pow(2).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        with torch.no_grad():
+            delta *= min(1.0, c.radius / (float(delta.norm()) + 1e-12))
         return delta.detach()
 
     def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
@@ -108,15 +124,16 @@ class IBAU(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=c.lr)
         x0, y0 = clean.features[: c.batch_size], clean.labels[: c.batch_size]
+        scale = float(clean.features.std()) if len(clean) > 1 else 1.0  # standardised units of δ
 
         def fp_map(delta):  # Φ(δ, θ): one ascent step on the inner objective (first batch, true labels)
-            inner = -F.cross_entropy(model(x0 + delta), y0) + c.reg * delta.pow(2).sum()
+            inner = -F.cross_entropy(model(x0 + scale * delta), y0) + c.reg * delta.pow(2).sum()
             (g,) = torch.autograd.grad(inner, delta, create_graph=True)
             return delta - c.inner_lr * g
 
         norms = []
         for _ in tqdm(range(c.epochs), desc="I-BAU rounds", disable=not progress):
-            delta = self._fit_perturbation(model, clean, gen)
+            delta = self._fit_perturbation(model, clean, scale, gen)
             norms.append(float(delta.norm()))
             for idx in batches(len(clean), c.batch_size, gen):
                 x, y = clean.features[idx], clean.labels[idx]
@@ -125,12 +142,12 @@ class IBAU(Defense):
                 carry[torch.randperm(len(idx), generator=gen)[:n_pert]] = 1.0
 
                 def outer_loss(d, x=x, y=y, carry=carry):
-                    return F.cross_entropy(model(x + carry * d), y)
+                    return F.cross_entropy(model(x + carry * scale * d), y)
 
                 grads = implicit_hypergradient(delta, params, fp_map, outer_loss, c.K)
                 opt.zero_grad(set_to_none=True)
                 for p, g in zip(params, grads):
                     p.grad = g.detach()
                 opt.step()
-        self.report = {"perturbation_norms": norms}
+        self.report = {"perturbation_norms": norms, "input_scale": scale}
         return model.eval()
