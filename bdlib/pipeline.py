@@ -356,7 +356,7 @@ def records_table(records: list[dict]) -> pd.DataFrame:
 
 def victim_attacks(profile: str | Profile) -> list[str]:
     """The attacks whose victims the defense notebooks cover: the profile's ``defense_attacks``,
-    or every registered attack in registry order (so a new attack joins the grid by itself)."""
+    or every registered attack in name order (so a new attack joins the grid by itself)."""
     prof = get_profile(profile)
     return list(ATTACKS if prof.defense_attacks is None else prof.defense_attacks)
 

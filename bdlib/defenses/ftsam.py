@@ -1,9 +1,10 @@
 """FT-SAM: fine-tuning with sharpness-aware minimisation (Zhu, Wu, Wang et al., "Enhancing
 Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization", ICCV 2023).
 
-Why it can remove a backdoor: backdoor neurons sit in sharp directions of the clean loss
-(large weight norms, see GN-FT Sec. 3.1); minimising the *worst* loss in a neighbourhood of
-the weights shrinks them where plain fine-tuning barely moves.
+Why it can remove a backdoor: the FT-SAM paper finds that backdoor-related neurons have
+larger weight norms than clean ones (GN-FT Sec. 3.1 makes the analogous observation for
+gradients); minimising the *worst* loss in a neighbourhood of the weights shrinks them
+where plain fine-tuning barely moves.
 
 Each step takes the gradient at the worst point of a ρ-ball, θ + ρ·e, the same two-pass
 computation as GN-FT's approximation with α = 1, so it reuses
