@@ -129,3 +129,40 @@ def test_every_defense_works_on_a_model_without_conv_or_bn_or_says_why(name):
         assert "Sequential" in str(err)
         return
     assert any(not torch.equal(a, before[k]) for k, a in out.state_dict().items())
+
+
+def _separable(n, seed):
+    """Four classes, each a fixed pattern on a small (24, 16) map plus noise: a task SmallCNN
+    learns in a few steps, so a defense that breaks clean classification shows at once."""
+    templates = torch.randn(4, 1, 24, 16, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    return CleanData(templates[y] + 0.5 * torch.randn(n, 1, 24, 16, generator=g), y)
+
+
+@pytest.fixture(scope="module")
+def trained_smallcnn():
+    torch.manual_seed(0)
+    net = build_model("smallcnn", (24, 16), 4)
+    train = _separable(96, seed=1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(net(train.features), train.labels).backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", sorted(__import__("bdlib.defenses", fromlist=["DEFENSES"]).DEFENSES))
+def test_every_defense_keeps_a_clean_model_classifying_clean_data(name, trained_smallcnn):
+    """Issue 4: each defense returns a model of the same architecture that still classifies
+    clean data. On a model with no backdoor, what a defense removes must not be the task."""
+    test = _separable(64, seed=2)
+    acc = lambda m: (m.eval()(test.features).argmax(1) == test.labels).float().mean().item()  # noqa: E731
+    assert acc(trained_smallcnn) >= 0.95
+    knobs = {} if name == "clp" else {"epochs": 2, "batch_size": 16}
+    out = make_defense(name, seed=0, **knobs).defend(copy.deepcopy(trained_smallcnn), _separable(48, seed=3),
+                                                      progress=False)
+    assert type(out) is type(trained_smallcnn)
+    assert list(out.state_dict()) == list(trained_smallcnn.state_dict())
+    assert acc(out) >= 0.8, f"{name}: clean accuracy {acc(out):.2f} (chance 0.25)"
