@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -27,6 +26,7 @@ from .data.audioset import AudioSet, load_split
 from .data.synth import KEYWORDS, ensure_embedded_dataset
 from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
 from .features import PAPER_16K, FeatureConfig, MFCCExtractor, get_features
+from .memory import PeakRSS
 from .metrics import accuracy, der, evaluate, meets_bar
 from .models import build_model
 from .profiles import Profile, get_profile
@@ -39,10 +39,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def data_root() -> Path:
     """``$BDLIB_DATA`` or the repository's ``data/`` folder."""
     return Path(os.environ.get("BDLIB_DATA", REPO_ROOT / "data"))
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass
@@ -306,6 +302,8 @@ class Experiment:
         defense_knobs = {**{k: v for k, v in budget.items() if k in accepted}, **defense_knobs}
         dfn = make_defense(defense, seed=self.seed, **defense_knobs)  # validates knobs early
         fraction = self.profile.clean_fraction if clean_fraction is None else clean_fraction
+        # a bad budget fails here, before a victim is trained or a clip is read
+        clean_subset_indices(int((self.manifest["split"] == "train").sum()), fraction, self.seed)
         victim, rec = self.backdoored_model(attack, model, **attack_knobs)
         cfg = {"victim": rec["config"], "defense": defense, "defense_knobs": asdict(dfn.config),
                "clean_fraction": fraction, "seed": self.seed}
@@ -315,12 +313,13 @@ class Experiment:
         clean, clean_idx = self.clean_data(fraction)
         before = {k: rec["metrics"][k] for k in ("acc", "asr", "ra")}
         net = copy.deepcopy(victim)
-        t0 = time.perf_counter()
-        net = dfn.defend(net, clean, progress=self.progress)
-        elapsed = time.perf_counter() - t0
+        with PeakRSS() as mem:  # the defense's own peak, not the kernel's lifetime one
+            t0 = time.perf_counter()
+            net = dfn.defend(net, clean, progress=self.progress)
+            elapsed = time.perf_counter() - t0
         after = self.evaluate(net, attack, **attack_knobs)
         metrics = {"before": before, "after": after, "der": der(before, after), "time_s": elapsed,
-                   "peak_rss_mb": _peak_rss_mb(), "clean_idx": clean_idx.tolist(), "n_clean": len(clean_idx),
+                   **mem.as_metrics(), "clean_idx": clean_idx.tolist(), "n_clean": len(clean_idx),
                    "report": getattr(dfn, "report", {}),
                    **provenance()}
         path = self.store.save_model("defenses", cfg, net, metrics)

@@ -1,4 +1,6 @@
 import copy
+import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from bdlib.defenses import CleanData, clean_subset_indices, make_defense
 from bdlib.defenses.gnft import approx_gradient, exact_gradient
 from bdlib.models import build_model
 from bdlib.registry import UnknownNameError
+from bdlib.synthetic_task import fit, template_task
 
 
 def tiny_net():
@@ -132,25 +135,14 @@ def test_every_defense_works_on_a_model_without_conv_or_bn_or_says_why(name):
 
 
 def _separable(n, seed):
-    """Four classes, each a fixed pattern on a small (24, 16) map plus noise: a task SmallCNN
-    learns in a few steps, so a defense that breaks clean classification shows at once."""
-    templates = torch.randn(4, 1, 24, 16, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    return CleanData(templates[y] + 0.5 * torch.randn(n, 1, 24, 16, generator=g), y)
+    """Four classes on a small (24, 16) map (bdlib.synthetic_task): SmallCNN learns them in a few
+    steps, so a defense that breaks clean classification shows at once."""
+    return template_task(n, (24, 16), 4, seed)
 
 
 @pytest.fixture(scope="module")
 def trained_smallcnn():
-    torch.manual_seed(0)
-    net = build_model("smallcnn", (24, 16), 4)
-    train = _separable(96, seed=1)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(net(train.features), train.labels).backward()
-        opt.step()
-    return net.eval()
+    return fit(build_model("smallcnn", (24, 16), 4, seed=0), _separable(96, seed=1), steps=40)
 
 
 @pytest.mark.parametrize("name", sorted(__import__("bdlib.defenses", fromlist=["DEFENSES"]).DEFENSES))
@@ -166,3 +158,32 @@ def test_every_defense_keeps_a_clean_model_classifying_clean_data(name, trained_
     assert type(out) is type(trained_smallcnn)
     assert list(out.state_dict()) == list(trained_smallcnn.state_dict())
     assert acc(out) >= 0.8, f"{name}: clean accuracy {acc(out):.2f} (chance 0.25)"
+
+
+@pytest.mark.parametrize("name", sorted(__import__("bdlib.defenses", fromlist=["DEFENSES"]).DEFENSES))
+def test_every_defense_rejects_an_unknown_knob_naming_the_valid_ones(name):
+    from bdlib.defenses import DEFENSES
+
+    valid = ", ".join(f.name for f in dataclasses.fields(DEFENSES.get(name).Config))
+    with pytest.raises(UnknownNameError, match=rf"unknown {name} defense option\(s\) 'no_such_knob'; "
+                                               rf"valid options: {re.escape(valid)}$"):
+        make_defense(name, no_such_knob=1)
+
+
+@pytest.mark.parametrize("fraction,message", [(0.0, "must be in"), (0.001, "zero clean samples"), (1.5, "must be in")])
+def test_experiment_rejects_a_bad_clean_budget_before_any_training(fraction, message, monkeypatch, tmp_path):
+    """A clean budget of zero clips must fail at once, not after a victim has been trained."""
+    import pandas as pd
+
+    from bdlib.pipeline import load_experiment
+
+    exp = load_experiment("smoke")
+    exp.root = tmp_path
+    exp.__dict__["manifest"] = pd.DataFrame({"split": ["train"] * 320 + ["test"] * 160})
+
+    def no_training(*a, **k):
+        raise AssertionError("a victim was loaded or trained before the clean budget was checked")
+
+    monkeypatch.setattr(type(exp), "backdoored_model", no_training)
+    with pytest.raises(ValueError, match=message):
+        exp.defend("ft", "badnets", clean_fraction=fraction)
