@@ -296,10 +296,12 @@ class Experiment:
                attack_knobs: dict | None = None, **defense_knobs) -> dict:
         """Apply a defense to the stored backdoored model; returns the result record."""
         attack_knobs = attack_knobs or {}
-        # the profile's epoch/batch budget applies to defenses that have those knobs (CLP has none)
+        # the profile's epoch/batch budget applies to defenses that have those knobs (CLP has none);
+        # epochs=None or batch_size=None (a notebook's parameter left at None) means the profile's
         accepted = {f.name for f in dataclasses.fields(DEFENSES.get(defense).Config)}
         budget = {"epochs": self.profile.defense_epochs, "batch_size": self.profile.defense_batch_size}
-        defense_knobs = {**{k: v for k, v in budget.items() if k in accepted}, **defense_knobs}
+        given = {k: v for k, v in defense_knobs.items() if not (k in budget and v is None)}
+        defense_knobs = {**{k: v for k, v in budget.items() if k in accepted}, **given}
         dfn = make_defense(defense, seed=self.seed, **defense_knobs)  # validates knobs early
         fraction = self.profile.clean_fraction if clean_fraction is None else clean_fraction
         # a bad budget fails here, before a victim is trained or a clip is read

@@ -187,3 +187,23 @@ def test_experiment_rejects_a_bad_clean_budget_before_any_training(fraction, mes
     monkeypatch.setattr(type(exp), "backdoored_model", no_training)
     with pytest.raises(ValueError, match=message):
         exp.defend("ft", "badnets", clean_fraction=fraction)
+
+
+def test_epochs_none_means_the_profiles_budget(monkeypatch):
+    """Notebooks pass ``epochs=None`` by default: the profile's defense budget applies, and a
+    data-free defense (CLP) is not handed an epoch knob it does not have."""
+    from bdlib import pipeline
+
+    seen = []
+
+    def capture(name, seed=0, **knobs):
+        seen.append(knobs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(pipeline, "make_defense", capture)
+    exp = pipeline.load_experiment("smoke")
+    for name, knobs in [("ft", {"epochs": None, "lr": 0.5}), ("ft", {"epochs": 3}), ("clp", {"epochs": None})]:
+        with pytest.raises(RuntimeError, match="captured"):
+            exp.defend(name, "badnets", **knobs)
+    budget = {"epochs": exp.profile.defense_epochs, "batch_size": exp.profile.defense_batch_size}
+    assert seen == [{**budget, "lr": 0.5}, {**budget, "epochs": 3}, {}]
