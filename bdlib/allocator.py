@@ -1,19 +1,22 @@
-"""glibc malloc settings that make CPU training about twice as fast here.
+"""glibc malloc settings that make a CPU training step 1.8-3x faster here.
 
 Why: SmallCNN's activations at a defense batch are tens of MB each (conv1 output at batch
 80: 80×64×100×39 floats = 80 MB). glibc serves every allocation above its mmap threshold
 (32 MB at most) with a fresh ``mmap`` and returns it with ``munmap`` on free, so each
 forward-backward pass page-faults and zero-fills hundreds of MB again; on the 2-core CI
-machine half of a step's time is kernel (sys) time. Serving them from the heap and never
-trimming it lets freed memory be reused:
+machine over 40 % of the benchmark's CPU time was kernel (sys) time. Serving them from the
+heap and never trimming it lets freed memory be reused (same arithmetic):
 
-    benchmarks/gnft_cost.py --batch 80: FT 193 ms/step -> 90 ms/step (same arithmetic)
+    benchmarks/gnft_cost.py, FT step: batch 80 168 -> 89-96 ms; batch 256 888 -> 293-342 ms
+    make test (smoke profile, mostly small batches and kernel start-ups): 227 s -> 198 s
 
 The price is a higher resident peak (memory is kept instead of returned; see the benchmark's
 peak RSS column). glibc reads these variables once at process start, so they must be in the
 environment of the process that trains: ``make`` exports them, ``python -m bdlib run`` sets
 them for the notebook kernels it starts, and ``make venv`` writes them into the ``bdlib``
-Jupyter kernelspec. A value the user has set wins. They are inert under another libc.
+Jupyter kernelspec. For ``make`` and the runner a value already in the environment wins; the
+kernelspec's are fixed when ``make venv`` installs it (to change them, delete
+``.venv/.bdlib-installed`` and run ``make venv MALLOC_MMAP_MAX_=...``). They are inert under another libc.
 """
 from __future__ import annotations
 
