@@ -81,6 +81,8 @@ def _tidy(path: Path) -> None:
     """Keep only the final state of progress bars in an executed notebook (see nbstreams)."""
     import nbformat
 
+    if not path.exists():  # papermill failed before writing it: keep its own error in view
+        return
     nb = nbformat.read(path, as_version=4)
     if collapse_streams(nb):
         nbformat.write(nb, path)

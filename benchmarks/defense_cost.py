@@ -42,16 +42,22 @@ def _victim(path: Path) -> None:
     torch.save(fit(build_model("smallcnn", SHAPE, CLASSES, seed=0), _data(200, seed=1), steps=15).state_dict(), path)
 
 
-def _run(label: str, weights: Path, clean: int, epochs: int, repeats: int) -> dict:
+def _load_victim(weights: Path):
     import torch
 
-    from bdlib.defenses import DEFENSES, make_defense
-    from bdlib.memory import PeakRSS
-    from bdlib.metrics import accuracy
     from bdlib.models import build_model
 
     net = build_model("smallcnn", SHAPE, CLASSES)
     net.load_state_dict(torch.load(weights))
+    return net
+
+
+def _run(label: str, weights: Path, clean: int, epochs: int, repeats: int) -> dict:
+    from bdlib.defenses import DEFENSES, make_defense
+    from bdlib.memory import PeakRSS
+    from bdlib.metrics import accuracy
+
+    net = _load_victim(weights)
     name, _, mode = label.partition("-")
     accepted = set(DEFENSES.get(name).Config.__dataclass_fields__)
     knobs = {k: v for k, v in {"epochs": epochs, "mode": mode or None}.items() if k in accepted and v}
@@ -93,13 +99,11 @@ def main() -> None:
 
     from bdlib.allocator import allocator_settings
     from bdlib.metrics import accuracy
-    from bdlib.models import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "victim.pt"
         _victim(weights)
-        net = build_model("smallcnn", SHAPE, CLASSES)
-        net.load_state_dict(torch.load(weights))
+        net = _load_victim(weights)
         test = _data(200, seed=3)
         print(f"SmallCNN on synthetic 101x40 maps, {a.clean} clean clips, {a.epochs} epochs (I-BAU: rounds), "
               f"median of {a.repeats} runs, "

@@ -18,6 +18,7 @@ The malloc settings in effect are printed (``make`` and ``python -m bdlib run`` 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -63,8 +64,6 @@ def _stepper(mode: str, net):
 
 
 def timings(batch: int, steps: int, threads: int | None) -> dict[str, list[float]]:
-    import copy
-
     net, x, y = _setup(batch, threads)
     steppers = {m: _stepper(m, copy.deepcopy(net)) for m in MODES}
     for m in MODES:  # warm-up
@@ -103,8 +102,6 @@ def main() -> None:
 
     from bdlib.allocator import allocator_settings
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
     times = timings(a.batch, a.steps, a.threads)
     mem = {}
     for mode in MODES:
