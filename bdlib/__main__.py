@@ -1,7 +1,16 @@
-"""Command line: ``python -m bdlib run --profile default`` and ``python -m bdlib data``."""
+"""Command line.
+
+    python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--scheduler ADDR]
+    python -m bdlib study --profile default [--serial] [--seeds 0 1 2]
+    python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
+
+``run`` first computes the collection's study (every victim and every defense run of the
+notebooks) on Dask, then executes the notebooks with papermill over the cached results.
+"""
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -9,33 +18,94 @@ from .profiles import PROFILES
 from .registry import UnknownNameError
 
 
+def _parameter(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``; VALUE is a Python literal (``0.5``, ``['badnets']``, ``None``) or a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"parameter {text!r} is not NAME=VALUE")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES.names())}")
+    p.add_argument("--dataset", default="embedded",
+                   help="data source: embedded (default), speech_commands, spoken_digits, folder")
+    p.add_argument("--dataset-root", help="the data source's folder (every source but embedded needs one)")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786); default $BDLIB_SCHEDULER, "
+                                       "else a local cluster sized to this machine")
+    p.add_argument("--serial", action="store_true", help="compute the study in this process, without Dask")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bdlib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bdlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="execute every notebook in order with papermill (headless)")
-    run.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES.names())}")
+    run = sub.add_parser("run", help="compute the study, then execute every notebook in order with papermill")
+    _add_data_args(run)
+    _add_cluster_args(run)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--only", help="regular expression: run only the notebooks whose file name matches")
+    run.add_argument("--only", help="regular expression: run only the notebooks whose file name matches "
+                                    "(skips the study step)")
+    run.add_argument("--no-study", action="store_true", help="skip computing the study first")
+    run.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="NAME=VALUE",
+                     help="a notebook parameter for every notebook run (each must define it)")
     run.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' own output")
-    data = sub.add_parser("data", help="synthesise (or verify) the embedded dataset of a profile")
-    data.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES.names())}")
+    study = sub.add_parser("study", help="compute the collection's grid (victims, then defense runs) on Dask")
+    _add_data_args(study)
+    _add_cluster_args(study)
+    study.add_argument("--seeds", type=int, nargs="+", default=[0])
+    data = sub.add_parser("data", help="load (synthesise or verify) a data source and print its load report")
+    _add_data_args(data)
     args = parser.parse_args(argv)
     try:
+        import re
+
+        if getattr(args, "only", None):
+            try:
+                re.compile(args.only)
+            except re.error as exc:
+                raise ValueError(f"--only {args.only!r} is not a regular expression: {exc}") from None
         if args.cmd == "run":
             from .runner import run_all
 
-            return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output)
+            if not (args.only or args.no_study):
+                _study(args, seeds=[args.seed])
+            return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
+                           parameters=dict(args.parameter), dataset=args.dataset, dataset_root=args.dataset_root)
+        if args.cmd == "study":
+            _study(args, seeds=args.seeds)
+            return 0
         if args.cmd == "data":
             from .pipeline import load_experiment
 
-            exp = load_experiment(args.profile)
-            print(f"{len(exp.manifest)} clips in {exp.dataset_dir} (verified against their sha256)")
+            exp = load_experiment(args.profile, dataset=args.dataset, dataset_root=args.dataset_root)
+            print(f"{exp.dataset_id}: {len(exp.manifest)} clips in {exp.dataset_dir}, classes {list(exp.class_names)}")
+            for split in ("train", "val", "test"):
+                s = exp.split(split)
+                report = getattr(s, "report", None)
+                print(f"{split}: {len(s)} clips" + (f"\n{report.summary()}" if report is not None else ""))
             return 0
-    except UnknownNameError as exc:
+    except (UnknownNameError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _study(args, seeds: list[int]) -> None:
+    from .study import collection_study
+
+    study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root)
+    print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
+          f"({args.profile}, {args.dataset})", file=sys.stderr)
+    study.run(scheduler=args.scheduler, serial=args.serial)
+    print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

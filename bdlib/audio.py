@@ -19,12 +19,12 @@ class AudioFileError(ValueError):
     """A wav that is unreadable, empty or at the wrong sample rate; the message names it."""
 
 
-def read_wav(path: str | os.PathLike, expected_sr: int | None = None, *, resample: bool = False) -> np.ndarray:
-    """Read a mono float32 waveform in [-1, 1].
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read any format soundfile knows as float32 ``(frames, channels)`` plus its rate.
 
-    Multi-channel files are averaged to mono. A file at a rate other than ``expected_sr``
-    is an error unless ``resample`` is set, because a silently wrong rate shifts every
-    frequency-domain trigger (an ultrasonic trigger vanishes below 22.05 kHz).
+    The lower-level reader under :func:`read_wav`: it keeps the channels so a caller can
+    choose how to down-mix (see :mod:`bdlib.data.clips`), and it rejects unreadable, empty
+    and non-finite files with an :class:`AudioFileError` that names the file.
     """
     path = Path(path)
     try:
@@ -33,6 +33,20 @@ def read_wav(path: str | os.PathLike, expected_sr: int | None = None, *, resampl
         raise AudioFileError(f"cannot read audio file {path}: {exc}") from exc
     if data.size == 0:
         raise AudioFileError(f"audio file {path} is empty (0 samples)")
+    if not np.all(np.isfinite(data)):
+        raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
+    return data, int(sr)
+
+
+def read_wav(path: str | os.PathLike, expected_sr: int | None = None, *, resample: bool = False) -> np.ndarray:
+    """Read a mono float32 waveform in [-1, 1].
+
+    Multi-channel files are averaged to mono. A file at a rate other than ``expected_sr``
+    is an error unless ``resample`` is set, because a silently wrong rate shifts every
+    frequency-domain trigger (an ultrasonic trigger vanishes below 22.05 kHz).
+    """
+    path = Path(path)
+    data, sr = read_audio(path)
     wav = data.mean(axis=1)
     if expected_sr is not None and sr != expected_sr:
         if not resample:

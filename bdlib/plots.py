@@ -12,18 +12,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .pipeline import REPO_ROOT, data_root
+from .paths import REPO_ROOT, data_root
 
 
-def figure_path(name: str, profile: str) -> Path:
-    folder = REPO_ROOT / "figures" if profile == "default" else data_root() / "figures" / profile
+def figure_path(name: str, profile: str, dataset: str = "embedded") -> Path:
+    """``figures/<name>.png`` for the committed runs (default profile, embedded data), else
+    ``<data root>/figures/<profile>[-<dataset>]/<name>.png``: a run on other data or another
+    budget never overwrites the committed figures."""
+    if profile == "default" and dataset == "embedded":
+        folder = REPO_ROOT / "figures"
+    else:
+        folder = data_root() / "figures" / (profile if dataset == "embedded" else f"{profile}-{dataset}")
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}.png"
 
 
-def save_figure(fig, name: str, profile: str) -> None:
+def save_figure(fig, name: str, profile: str, dataset: str = "embedded") -> None:
     """Save ``fig`` as ``<name>.png`` (see :func:`figure_path`) and say where."""
-    path = figure_path(name, profile)
+    path = figure_path(name, profile, dataset)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"figure saved: {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
 
@@ -59,7 +65,7 @@ def trigger_panels(clean: np.ndarray, triggered: np.ndarray, sr: int, trigger: n
     return fig
 
 
-def asr_before_after(table, name: str, profile: str):
+def asr_before_after(table, name: str, profile: str, dataset: str = "embedded"):
     """Bar chart of ASR before → after per attack (one panel per defense), as every defense
     notebook shows it; saved to ``figures/<name>``."""
     import seaborn as sns
@@ -70,5 +76,5 @@ def asr_before_after(table, name: str, profile: str):
                     aspect=max(1.2, 0.3 * long.attack.nunique()))
     g.set(ylim=(0, 1))
     g.tick_params(axis="x", rotation=30)
-    save_figure(g.figure, name, profile)
+    save_figure(g.figure, name, profile, dataset)
     return g

@@ -8,6 +8,7 @@ Notebooks take only a profile name and a seed; everything else is read from here
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from .registry import Registry, build_config
@@ -18,11 +19,9 @@ PROFILES: Registry["Profile"] = Registry("profile")
 @dataclass(frozen=True)
 class Profile:
     name: str
-    # embedded dataset (bdlib.data.synth): speakers per split and takes per word
-    speakers_train: int
-    speakers_val: int
-    speakers_test: int
-    takes_per_word: int = 1
+    # size of the embedded dataset (bdlib.data: EMBEDDED_SIZES) when it is the data source;
+    # other sources bring their own data
+    embedded_size: str = "default"
     # victim training (paper: Adam, batch 256, up to 300 epochs with early stopping)
     train_epochs: int = 30
     train_batch_size: int = 64
@@ -33,7 +32,7 @@ class Profile:
     defense_batch_size: int = 256
     # attacks (paper: target index 2 = "up", 10 % dirty-label poisoning)
     poison_rate: float = 0.10
-    target_label: int = 2
+    target_label: int | str = 2  # a class index or name (checked against the data source's classes)
     models: tuple[str, ...] = ("smallcnn",)
     # the victims every defense notebook is run against; None: every registered attack
     # (smoke: two, to keep CI short)
@@ -45,14 +44,15 @@ class Profile:
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
 
+    def __hash__(self) -> int:  # dict fields: hash their canonical JSON (cells and caches key on profiles)
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True, default=str))
+
 
 PROFILES.add(
     "smoke",
     Profile(
         name="smoke",
-        speakers_train=32,
-        speakers_val=10,
-        speakers_test=16,
+        embedded_size="smoke",
         train_epochs=10,
         train_batch_size=32,
         defense_epochs=10,
@@ -64,10 +64,7 @@ PROFILES.add(
     "default",
     Profile(
         name="default",
-        speakers_train=160,
-        speakers_val=30,
-        speakers_test=60,
-        takes_per_word=1,
+        embedded_size="default",
         train_epochs=25,
         train_batch_size=64,
         defense_epochs=100,
@@ -79,10 +76,7 @@ PROFILES.add(
     # 5 % of SCD's training set; the embedded set is grown to a comparable size.
     Profile(
         name="paper",
-        speakers_train=1200,
-        speakers_val=150,
-        speakers_test=250,
-        takes_per_word=2,
+        embedded_size="paper",
         train_epochs=100,
         train_batch_size=256,
         train_lr=1e-3,

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm  # text bars: readable in papermill outputs too
 
-from ..audio import AudioFileError, fit_length, read_wav
+from ..audio import AudioFileError, read_audio
+from .clips import ClipPolicy, LoadReport, conform
 
 
 @dataclass
@@ -25,29 +26,41 @@ class AudioSet:
     class_names: tuple[str, ...]
     sample_rate: int
     paths: np.ndarray | None = None
+    report: LoadReport | None = None  # what the clip policy did while loading (load_split)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx) -> "AudioSet":
+        """Rows ``idx``; the load report stays with the split it describes (not copied)."""
         idx = np.asarray(idx)
         return AudioSet(self.waves[idx], self.labels[idx], self.speakers[idx], self.class_names,
                         self.sample_rate, None if self.paths is None else self.paths[idx])
 
     def with_waves(self, waves: np.ndarray, labels: np.ndarray | None = None) -> "AudioSet":
         return AudioSet(np.asarray(waves, dtype=np.float32), self.labels if labels is None else np.asarray(labels),
-                        self.speakers, self.class_names, self.sample_rate, self.paths)
+                        self.speakers, self.class_names, self.sample_rate, self.paths, self.report)
 
 
 def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, class_names: tuple[str, ...],
                sample_rate: int, clip_seconds: float = 1.0, resample: bool = True,
-               progress: bool = False) -> AudioSet:
-    """Read the wavs of one split of a manifest (columns path, label, speaker, split).
+               progress: bool = False, *, policy: ClipPolicy | None = None, strict: bool | None = None) -> AudioSet:
+    """Read the audio files of one split of a manifest (columns path, label, speaker, split).
 
-    Clips are padded/cropped to ``clip_seconds``; files at another rate are resampled when
-    ``resample`` is set (the ultrasonic attack needs 44.1 kHz), else rejected by name.
+    Every file is down-mixed, resampled (when ``resample`` is set; the ultrasonic attack
+    needs 44.1 kHz; else a file at another rate is an error naming it) and padded/cropped
+    to ``clip_seconds`` as ``policy`` says (see :mod:`bdlib.data.clips`). Without a
+    policy the historical behaviour is kept exactly (:meth:`ClipPolicy.legacy`: mean
+    down-mix, zero padding after the clip, head crop).
+
+    ``strict`` (default: True without a policy, False with one): an unreadable, empty or
+    corrupt file raises :class:`AudioFileError` naming it; when not strict it is skipped,
+    listed in ``result.report.skipped`` with the reason, and loading goes on, so one stray
+    file does not abort a folder of thousands.
     """
     root = Path(root)
+    strict = policy is None if strict is None else strict
+    policy = ClipPolicy.legacy() if policy is None else policy
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise ValueError(f"split {split!r} is empty; splits present: {sorted(manifest['split'].unique())}")
@@ -55,19 +68,36 @@ def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, clas
     if unknown:
         raise ValueError(f"labels {unknown} are not among the classes {list(class_names)}")
     n = int(round(sample_rate * clip_seconds))
+    report = LoadReport(split=split, sample_rate=sample_rate, clip_samples=n, policy=policy, total=len(rows))
     waves = np.zeros((len(rows), n), dtype=np.float32)
-    for i, path in enumerate(tqdm(rows["path"], desc=f"reading {split}", disable=not progress)):
-        wav = read_wav(root / path, sample_rate, resample=resample)
-        waves[i] = fit_length(wav, n)
+    keep = np.zeros(len(rows), dtype=bool)
+    for i, path in enumerate(tqdm(rows["path"].astype(str), desc=f"reading {split}", disable=not progress)):
+        try:
+            data, sr = read_audio(root / path)
+            if sr != sample_rate and not resample:
+                raise AudioFileError(f"audio file {root / path} has sample rate {sr} Hz, expected {sample_rate} Hz")
+        except AudioFileError as exc:
+            if strict:
+                raise
+            report.skip(path, str(exc))
+            continue
+        waves[i], info = conform(data, sr, sample_rate, n, policy, key=path)
+        report.add(path, info)
+        keep[i] = True
+    if not keep.any():
+        raise AudioFileError(f"no file of split {split!r} under {root} could be read; first problems: "
+                             + "; ".join(f"{p}: {r}" for p, r in report.skipped[:3]))
+    rows = rows[keep]
     lookup = {c: i for i, c in enumerate(class_names)}
     return AudioSet(
-        waves=waves,
+        waves=waves[keep] if not keep.all() else waves,
         labels=np.array([lookup[c] for c in rows["label"]], dtype=np.int64),
         speakers=rows["speaker"].astype(str).to_numpy(),
         class_names=tuple(class_names),
         sample_rate=sample_rate,
         paths=rows["path"].astype(str).to_numpy(),
+        report=report,
     )
 
 
-__all__ = ["AudioSet", "load_split", "AudioFileError"]
+__all__ = ["AudioSet", "ClipPolicy", "LoadReport", "load_split", "AudioFileError"]
