@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run every notebook headless with papermill on the embedded dataset
+## compute the grid on Dask (local cluster, or SCHEDULER=tcp://HOST:8786), then run every notebook headless
 reproduce: $(STAMP)
-	$(PY) -m bdlib run --profile $(PROFILE)
+	$(PY) -m bdlib run --profile $(PROFILE) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 ## unit tests + nbval over every notebook under the smoke profile
 test: $(STAMP)
@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/gnft_cost.py --batch 80
 	$(PY) benchmarks/gnft_cost.py --batch 256 --steps 10
 	$(PY) benchmarks/defense_cost.py
+	$(PY) benchmarks/study_grid.py --profile smoke
 
 clean-data:
 	rm -rf data/embedded data/store data/executed

@@ -34,6 +34,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="data source: embedded (default), speech_commands, spoken_digits, folder")
     p.add_argument("--dataset-root", help="the data source's folder (every source but embedded needs one)")
+    p.add_argument("--target", help="the attacks' target class by name (default: the profile's, index 2)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -77,20 +78,24 @@ def main(argv: list[str] | None = None) -> int:
 
             if not (args.only or args.no_study):
                 _study(args, seeds=[args.seed])
+            parameters = dict(args.parameter)
+            if args.target is not None:
+                parameters["target"] = args.target
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
-                           parameters=dict(args.parameter), dataset=args.dataset, dataset_root=args.dataset_root)
+                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root)
         if args.cmd == "study":
             _study(args, seeds=args.seeds)
             return 0
         if args.cmd == "data":
             from .pipeline import load_experiment
 
-            exp = load_experiment(args.profile, dataset=args.dataset, dataset_root=args.dataset_root)
+            exp = load_experiment(args.profile, dataset=args.dataset, dataset_root=args.dataset_root,
+                                  target=args.target)
+            print(f"target class: {exp.class_names[exp.target_index]!r}")
             print(f"{exp.dataset_id}: {len(exp.manifest)} clips in {exp.dataset_dir}, classes {list(exp.class_names)}")
             for split in ("train", "val", "test"):
-                s = exp.split(split)
-                report = getattr(s, "report", None)
-                print(f"{split}: {len(s)} clips" + (f"\n{report.summary()}" if report is not None else ""))
+                s = exp.split(split)  # prints the split's load report and its warnings (non-embedded sources)
+                print(f"{split}: {len(s)} clips, {len(set(s.speakers))} speakers")
             return 0
     except (UnknownNameError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 def _study(args, seeds: list[int]) -> None:
     from .study import collection_study
 
-    study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root)
+    study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root,
+                             target=args.target)
     print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
           f"({args.profile}, {args.dataset})", file=sys.stderr)
     study.run(scheduler=args.scheduler, serial=args.serial)

@@ -248,9 +248,11 @@ class Experiment:
             def compute():
                 test = self.split("test")
                 keep = test.labels != target
+                t0 = time.perf_counter()
                 t = {"x": triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor),
                      "y": torch.as_tensor(test.labels[keep])}
-                self.store.save("triggered", cfg, {"n": len(t["y"]), **provenance()}, t)
+                self.store.save("triggered", cfg, {"n": len(t["y"]), "time_s": time.perf_counter() - t0,
+                                                   **provenance()}, t)
                 return t
 
             t = self._cached("triggered", cfg, compute, lambda: self.store.load_tensors("triggered", cfg))
@@ -490,7 +492,7 @@ def victim_attacks(profile: str | Profile) -> list[str]:
 def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
                    attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
                    progress: bool = True, dataset: str = "embedded", dataset_root=None, dataset_options=None,
-                   **knobs) -> list[dict]:
+                   target: str | int | None = None, **knobs) -> list[dict]:
     """One defense against every victim a defense notebook covers — a one-defense
     :class:`bdlib.study.Study` run in this process: each (model, attack) of the profile
     (``attacks=None``: :func:`victim_attacks`), every victim at its own attack's front end
@@ -500,7 +502,7 @@ def defend_victims(defense: str, profile: str | Profile = "default", seed: int =
 
     study = Study(profile, dataset=dataset, dataset_root=dataset_root, dataset_options=dataset_options or {},
                   attacks=None if attacks is None else list(attacks), defenses={defense: knobs}, seeds=(seed,),
-                  clean_fraction=clean_fraction, include_clean=False)
+                  clean_fraction=clean_fraction, target=target, include_clean=False)
     cells = study.defense_cells()
     from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bdlib.pipeline import load_experiment
+from bdlib.pipeline import data_root, load_experiment
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke_metrics.json"
 TOLERANCE = 0.15
@@ -24,8 +24,14 @@ ATTACKS = (("blended", "16k", {}), ("ultrasonic", "44k", {}), ("daba", "16k", {}
            ("flowmur", "16k", {"steps": 60}), ("pbsm", "16k", {}), ("vsvc", "16k", {}))
 
 
-def smoke_metrics() -> dict[str, float]:
-    exp = load_experiment("smoke", seed=0, progress=False)
+def smoke_metrics(store_root) -> dict[str, float]:
+    """Every number computed afresh: a new, empty store (the embedded wavs are shared, as
+    data, not as artifacts), so a warm store can never stand in for the computation."""
+    def experiment(features="16k"):
+        return load_experiment("smoke", seed=0, progress=False, features=features, root=store_root,
+                               dataset_root=data_root() / "embedded")
+
+    exp = experiment()
     out = {"clean/acc": exp.backdoored_model(None)[1]["metrics"]["acc"]}
     bd = exp.backdoored_model("badnets")[1]["metrics"]
     out.update({"badnets/acc": bd["acc"], "badnets/asr": bd["asr"]})
@@ -34,13 +40,14 @@ def smoke_metrics() -> dict[str, float]:
         out[f"badnets/{label}/acc"] = after["acc"]
         out[f"badnets/{label}/asr"] = after["asr"]
     for name, features, knobs in ATTACKS:
-        m = load_experiment("smoke", seed=0, progress=False, features=features).backdoored_model(name, **knobs)[1]
+        m = experiment(features).backdoored_model(name, **knobs)[1]
         out.update({f"{name}/acc": m["metrics"]["acc"], f"{name}/asr": m["metrics"]["asr"]})
     return out
 
 
-def test_smoke_metrics_match_reference():
-    got = smoke_metrics()
+def test_smoke_metrics_match_reference(tmp_path):
+    got = smoke_metrics(tmp_path)
+    assert not (tmp_path / "embedded").exists() and (tmp_path / "store" / "models").is_dir()
     if os.environ.get("BDLIB_UPDATE_REFERENCE"):
         REFERENCE.write_text(json.dumps({k: round(v, 4) for k, v in got.items()}, indent=1) + "\n")
         pytest.skip(f"reference re-baselined in {REFERENCE}")

@@ -40,6 +40,41 @@ def make_folder_corpus(root, speakers=6, takes=3):
     return root
 
 
+def make_spoken_digits_corpus(root, speakers=6, takes=3):
+    """Free Spoken Digit layout: `<digit>_<speaker>_<index>.wav` at 8 kHz, short clips."""
+    root.mkdir(parents=True)
+    for d, label in enumerate(LABELS):
+        for s in range(speakers):
+            for k in range(takes):
+                sf.write(root / f"{d}_spk{s}_{k}.wav", _word(label, s, k, 0.3 + 0.05 * k, 8000), 8000)
+    return root
+
+
+def make_speech_commands_tree(root, speakers=6, takes=2):
+    """The official layout: `<word>/<hash>_nohash_<n>.wav`, the two split lists, background noise."""
+    words = {"yes": "alpha", "no": "beta", "up": "gamma"}
+    val, test = [], []
+    for word, like in words.items():
+        (root / word).mkdir(parents=True)
+        for s in range(speakers):
+            for k in range(takes):
+                name = f"{word}/{s:08x}_nohash_{k}.wav"
+                sf.write(root / name, _word(like, s, k, 1.0), SR)
+                (test if s == 0 else val if s == 1 else []).append(name)
+    (root / "validation_list.txt").write_text("\n".join(val) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    (root / "_background_noise_").mkdir()
+    sf.write(root / "_background_noise_" / "white_noise.wav", 0.1 * np.ones(SR * 2, np.float32), SR)
+    return root
+
+
+LAYOUTS = {  # dataset, options, target, classes
+    "folder": ("folder", {}, "beta", LABELS),
+    "spoken_digits": ("spoken_digits", {}, "1", tuple(str(d) for d in range(10))),
+    "speech_commands": ("speech_commands", {"words": ("yes", "no", "up")}, "no", ("yes", "no", "up")),
+}
+
+
 TINY = dict(train_epochs=3, train_batch_size=16, defense_epochs=2, defense_batch_size=32, clean_fraction=0.3,
             target_label="beta")
 
@@ -72,6 +107,26 @@ def test_folder_corpus_runs_attack_defense_and_table(corpus, tmp_path):
                   defenses={"ft": [{"lr": 1e-3}, {"lr": 1e-2}]}, data_root=tmp_path / "data").table()
     assert again[["acc_after", "asr_after"]].equals(table[["acc_after", "asr_after"]])
     assert report.total >= 1
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_runs_data_attack_defense_table(layout, tmp_path):
+    dataset, options, target, classes = LAYOUTS[layout]
+    make = {"folder": make_folder_corpus, "spoken_digits": make_spoken_digits_corpus,
+            "speech_commands": make_speech_commands_tree}[layout]
+    root = make(tmp_path / "corpus")
+    prof = get_profile("smoke", **{**TINY, "target_label": target})
+    exp = load_experiment(prof, dataset=dataset, dataset_root=root, dataset_options=options,
+                          root=tmp_path / "data", progress=False)
+    assert exp.class_names == classes and exp.class_names[exp.target_index] == target
+    if layout == "speech_commands":  # the official lists decide the split; background noise is no class
+        m = exp.manifest
+        assert set(m[m.split == "test"].speaker) == {"00000000"} and set(m[m.split == "val"].speaker) == {"00000001"}
+    study = Study(prof, dataset=dataset, dataset_root=str(root), dataset_options=options, attacks={"badnets": {}},
+                  defenses={"ft": {"lr": 1e-2}}, data_root=tmp_path / "data")
+    table = study.run(serial=True, progress=False)
+    assert list(table.defense) == ["none", "ft"] and table.dataset.str.startswith(dataset).all()
+    assert table[["acc_after", "asr_after"]].notna().all().all()
 
 
 def test_victim_asr_is_measured_against_its_own_target(corpus, tmp_path):
