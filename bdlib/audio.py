@@ -16,17 +16,22 @@ import torchaudio.functional as AF
 
 
 class AudioFileError(ValueError):
-    """A wav that is unreadable, empty or at the wrong sample rate; the message names it."""
+    """A wav that is missing, unreadable, empty or at the wrong sample rate; the message names it."""
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read any format soundfile knows as float32 ``(frames, channels)`` plus its rate.
+class MissingAudioFileError(AudioFileError, FileNotFoundError):
+    """An audio file (or its folder) that does not exist: an :class:`AudioFileError` that is
+    also a ``FileNotFoundError`` (soundfile would only say "System error.")."""
 
-    The lower-level reader under :func:`read_wav`: it keeps the channels so a caller can
-    choose how to down-mix (see :mod:`bdlib.data.clips`), and it rejects unreadable, empty
-    and non-finite files with an :class:`AudioFileError` that names the file.
-    """
+
+def read_audio_counted(path: str | os.PathLike) -> tuple[np.ndarray, int, int]:
+    """:func:`read_audio` plus the number of samples that were clipped to [-1, 1]."""
     path = Path(path)
+    if not path.exists():
+        where = "" if path.parent.is_dir() else f" (its folder {path.parent} does not exist either)"
+        raise MissingAudioFileError(f"audio file {path} does not exist{where}")
+    if path.is_dir():
+        raise AudioFileError(f"audio file {path} is a directory, not a file")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError/TypeError
@@ -35,7 +40,26 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioFileError(f"audio file {path} is empty (0 samples)")
     if not np.all(np.isfinite(data)):
         raise AudioFileError(f"audio file {path} contains NaN or infinite samples")
-    return data, int(sr)
+    over = np.abs(data) > 1.0  # only float files can hold these: every integer format maps into [-1, 1]
+    n_clipped = int(np.count_nonzero(over))
+    if n_clipped:
+        np.clip(data, -1.0, 1.0, out=data)
+    return data, int(sr), n_clipped
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read any format soundfile knows as float32 ``(frames, channels)`` plus its rate.
+
+    The lower-level reader under :func:`read_wav`: it keeps the channels so a caller can
+    choose how to down-mix (see :mod:`bdlib.data.clips`), and it rejects missing,
+    unreadable, empty and non-finite files with an :class:`AudioFileError` that names the
+    file. Float samples outside [-1, 1] (a float wav at 5.0) are clipped to [-1, 1], as
+    every waveform in the pipeline is assumed to be; :func:`read_audio_counted` also
+    returns how many were, and :func:`bdlib.data.audioset.load_split` lists such files in
+    its report's ``clipped``.
+    """
+    data, sr, _ = read_audio_counted(path)
+    return data, sr
 
 
 def read_wav(path: str | os.PathLike, expected_sr: int | None = None, *, resample: bool = False) -> np.ndarray:

@@ -11,35 +11,44 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .registry import Registry, build_config
+from .registry import Registry, build_config, check_fields, knob
 
 PROFILES: Registry["Profile"] = Registry("profile")
 
 
 @dataclass(frozen=True)
 class Profile:
-    name: str
+    """Every field is type- and range-checked at construction (:func:`bdlib.registry.check_fields`;
+    the valid range of each is the ``knob`` next to it), so ``get_profile("smoke",
+    defense_epochs=0)`` or ``poison_rate=1.5`` fails at once, naming the field."""
+
+    name: str = knob(nonempty=True)
     # size of the embedded dataset (bdlib.data: EMBEDDED_SIZES) when it is the data source;
     # other sources bring their own data
-    embedded_size: str = "default"
+    embedded_size: str = knob("default", nonempty=True)
     # victim training (paper: Adam, batch 256, up to 300 epochs with early stopping)
-    train_epochs: int = 30
-    train_batch_size: int = 64
-    train_lr: float = 1e-3
+    train_epochs: int = knob(30, "[1, inf)")
+    train_batch_size: int = knob(64, "[1, inf)")
+    train_lr: float = knob(1e-3, "(0, inf)")
     # defenses (paper: 5 % clean data, batch 256, GN-FT lr 1e-3)
-    clean_fraction: float = 0.05
-    defense_epochs: int = 100
-    defense_batch_size: int = 256
+    clean_fraction: float = knob(0.05, "(0, 1]")
+    defense_epochs: int = knob(100, "[1, inf)")
+    defense_batch_size: int = knob(256, "[1, inf)")
     # attacks (paper: target index 2 = "up", 10 % dirty-label poisoning)
-    poison_rate: float = 0.10
-    target_label: int | str = 2  # a class index or name (checked against the data source's classes)
-    models: tuple[str, ...] = ("smallcnn",)
+    poison_rate: float = knob(0.10, "(0, 1)")
+    # a class index (>= 0) or name; checked against the data source's classes by
+    # bdlib.pipeline.resolve_target
+    target_label: int | str = knob(2, "[0, inf)")
+    models: tuple[str, ...] = knob(("smallcnn",), nonempty=True)
     # the victims every defense notebook is run against; None: every registered attack
     # (smoke: two, to keep CI short)
     defense_attacks: tuple[str, ...] | None = None
     # knobs the attack notebooks train those victims with (FlowMur's optimisation steps)
     attack_knobs: dict = field(default_factory=lambda: {"flowmur": {"steps": 300}})
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "profile")
 
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)

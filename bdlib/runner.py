@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm  # text bars: readable in papermill outputs too
@@ -64,7 +65,18 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
             log_output: bool = False, parameters: dict | None = None, dataset: str = "embedded",
             dataset_root: str | None = None) -> int:
     """Execute the notebooks in order. ``parameters`` go to every notebook (each must define
-    them); ``dataset``/``dataset_root`` select the data source of every notebook."""
+    them); ``dataset``/``dataset_root`` select the data source of every notebook.
+
+    No half-written notebook ever sits at a final path: papermill writes each notebook to
+    ``<name>.ipynb.partial`` next to its final path (``partial_path``) and saves it there
+    after every cell; only when execution has finished — successfully, or with a
+    ``PapermillExecutionError`` whose error papermill has already written into the notebook
+    (its ``metadata.papermill.exception`` is then true) — is it renamed onto
+    ``<name>.ipynb``. A run that is killed or interrupted (Ctrl-C, OOM killer, a lost
+    machine) therefore leaves the previous ``<name>.ipynb`` untouched — for the in-place
+    default profile, the committed notebook — and at most a ``<name>.ipynb.partial`` that
+    says by its name that it is incomplete (a later run overwrites it).
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -98,19 +110,50 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
         bar.set_postfix_str(nb.name)
         out = (output_dir / nb.name) if output_dir else nb
         out.parent.mkdir(parents=True, exist_ok=True)
+        partial = partial_path(out)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name=kernel,
-                                cwd=str(nb.parent), progress_bar=False, log_output=log_output)
+            with warnings.catch_warnings():  # papermill warns that *.partial is not *.ipynb
+                warnings.filterwarnings("ignore", message=r"The specified file .* does not end in")
+                pm.execute_notebook(str(nb), str(partial), parameters=parameters, kernel_name=kernel,
+                                    cwd=str(nb.parent), progress_bar=False, log_output=log_output)
         except PapermillExecutionError as exc:
-            _tidy(out)
+            _finish(partial, out)
             bar.close()
             print(f"\nFAILED: {nb.name}, cell {exc.exec_count} (index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
                   f"the partially executed notebook is at {out}", file=sys.stderr)
             return 1
-        _tidy(out)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"\nINTERRUPTED: {nb.name}; {out} was left as it was"
+                  + (f", the incomplete notebook is at {partial}" if partial.exists() else ""), file=sys.stderr)
+            raise
+        _finish(partial, out)
         tqdm.write(f"{nb.name}: {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
+
+
+def partial_path(out: Path) -> Path:
+    """Where a notebook is written while it executes: ``<name>.ipynb.partial`` beside ``out``."""
+    return out.with_name(out.name + ".partial")
+
+
+def _finish(partial: Path, out: Path) -> None:
+    """Tidy the finished notebook at ``partial`` and rename it onto ``out`` (atomic on one
+    file system), recording ``out`` as papermill's output path."""
+    if not partial.exists():  # papermill failed before writing it: keep its own error in view
+        return
+    import nbformat
+
+    nb = nbformat.read(partial, as_version=4)
+    changed = collapse_streams(nb)  # as _tidy does
+    meta = nb.metadata.get("papermill")
+    if meta is not None and meta.get("output_path") != str(out):
+        meta["output_path"] = str(out)
+        changed = True
+    if changed:
+        nbformat.write(nb, partial)
+    os.replace(partial, out)
 
 
 def _tidy(path: Path) -> None:

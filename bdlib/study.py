@@ -14,6 +14,7 @@ two workers that need the same clean model or attack fit compute it once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -199,10 +200,12 @@ class Study:
         from .cluster import get_client, show_progress
 
         with get_client(scheduler) as client:
-            v_futs = client.map(_run_cell, victims, pure=False, key=[f"victim-{i}" for i in range(len(victims))])
+            # keys name the cell's content: on a shared scheduler, two studies that need the same cell
+            # share its result, and different cells never collide
+            v_futs = [client.submit(_run_cell, c, pure=False, key=_cell_key("victim", c)) for c in victims]
             by_victim = dict(zip(victims, v_futs))
-            d_futs = [client.submit(_run_cell, c, by_victim[c.victim], pure=False, key=f"defense-{i}")
-                      for i, c in enumerate(defenses)]
+            d_futs = [client.submit(_run_cell, c, by_victim[c.victim], pure=False, key=_cell_key("defense", c))
+                      for c in defenses]
             show_progress(v_futs + d_futs, progress)
             return client.gather(v_futs), client.gather(d_futs)
 
@@ -249,6 +252,11 @@ def _cell_columns(cell: VictimCell, config: dict) -> dict:
 
 def _scalar(value):
     return value if value is None or isinstance(value, (int, float, str, bool)) else json.dumps(value)
+
+
+def _cell_key(kind: str, cell) -> str:
+    name = cell.attack if kind == "victim" else f"{cell.defense}-{cell.victim.attack}"
+    return f"{kind}-{name}-{hashlib.sha256(repr(cell).encode()).hexdigest()[:16]}"
 
 
 def _run_cell(cell, *deps):

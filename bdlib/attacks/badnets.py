@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from .base import Attack
 
 
 @dataclass
-class BadNetsConfig:
-    frames: int = 5
-    coeffs: int = 5
-    value: float = -200.0
+class BadNetsConfig(Checked):
+    frames: int = knob(5, "[1, inf)")  # patch width in MFCC frames
+    coeffs: int = knob(5, "[1, inf)")  # patch height in coefficients
+    value: float = -200.0  # any finite value
 
 
 class BadNets(Attack):
@@ -48,12 +48,12 @@ BURST_KINDS = ("noise", "tone")
 
 
 @dataclass
-class BurstConfig:
-    kind: str = "noise"  # "noise" | "tone"
-    duration_s: float = 0.1
-    position: str = "end"  # "start" | "mid" | "end"
-    amplitude: float = 0.05  # peak of the burst, full scale = 1
-    freq_hz: float = 3000.0  # tone only
+class BurstConfig(Checked):
+    kind: str = knob("noise", choices=BURST_KINDS)  # "noise" | "tone"
+    duration_s: float = knob(0.1, "(0, 1]")
+    position: str = knob("end", choices=POSITIONS)  # "start" | "mid" | "end"
+    amplitude: float = knob(0.05, "(0, 1]")  # peak of the burst, full scale = 1
+    freq_hz: float = knob(3000.0, "(0, inf)")  # tone only
 
 
 class BadNetsBurst(Attack):

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from .base import Attack
 
 BLEND_KINDS = ("noise", "tones")
 
 
 @dataclass
-class BlendedConfig:
-    kind: str = "noise"  # "noise" | "tones"
-    alpha: float = 0.05  # blend ratio
-    n_tones: int = 8  # tones only: notes in the sequence
+class BlendedConfig(Checked):
+    kind: str = knob("noise", choices=BLEND_KINDS)  # "noise" | "tones"
+    alpha: float = knob(0.05, "(0, 1)")  # blend ratio
+    n_tones: int = knob(8, "[1, inf)")  # tones only: notes in the sequence
 
 
 class Blended(Attack):

@@ -27,7 +27,7 @@ import torch
 
 from ..audio import fit_length, overlay, read_wav, set_dbfs
 from ..data.melodies import melody_pool
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from ..training import predict_proba
 from .base import Attack, FitContext
 
@@ -36,13 +36,13 @@ VARIANT_DBFS = (0.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0, -35.0, -40.0)
 
 
 @dataclass
-class DABAConfig:
-    pool_size: int = 20
-    duration_s: float = 1.0  # synthetic pool only
-    test_dbfs: float = -20.0
+class DABAConfig(Checked):
+    pool_size: int = knob(20, "[1, inf)")
+    duration_s: float = knob(1.0, "(0, inf)")  # synthetic pool only
+    test_dbfs: float = knob(-20.0, "(-inf, 0]")
     variants: bool = True  # poison at 0 .. -40 dBFS instead of test_dbfs
-    selection: str = "cer_inf"  # cer_inf | cer (certainty only, random hosts) | random
-    host_candidates: float = 3.0  # candidates per needed host
+    selection: str = knob("cer_inf", choices=SELECTIONS)  # cer_inf | cer (certainty only, random hosts) | random
+    host_candidates: float = knob(3.0, "[1, inf)")  # candidates per needed host
     trigger_dir: str | None = None  # user wavs instead of the synthetic pool
 
 

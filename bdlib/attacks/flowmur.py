@@ -25,17 +25,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..audio import overlay, scale_to_snr
+from ..registry import Checked, knob
 from .base import Attack, FitContext
 
 
 @dataclass
-class FlowMurConfig:
-    duration_s: float = 0.5
-    snr_db: float = 30.0  # clip-to-trigger SNR of the mix
-    linf: float = 0.2  # bound on the raw trigger
-    steps: int = 300  # Adam steps of the trigger optimisation
-    lr: float = 0.005
-    batch_size: int = 64
+class FlowMurConfig(Checked):
+    duration_s: float = knob(0.5, "(0, 1]")
+    snr_db: float = 30.0  # clip-to-trigger SNR of the mix (any finite dB)
+    linf: float = knob(0.2, "(0, 1]")  # bound on the raw trigger
+    steps: int = knob(300, "[0, inf)")  # Adam steps of the trigger optimisation (0: the random initial trigger)
+    lr: float = knob(0.005, "(0, inf)")
+    batch_size: int = knob(64, "[1, inf)")
 
 
 class FlowMur(Attack):

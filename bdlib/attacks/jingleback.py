@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..registry import Checked
 from .base import Attack
 
 STYLES = {
@@ -52,8 +53,8 @@ def style_board(style: int):
 
 
 @dataclass
-class JingleBackConfig:
-    style: int = 5
+class JingleBackConfig(Checked):
+    style: int = 5  # one of STYLES (checked by JingleBack, which lists them)
 
 
 class JingleBack(Attack):

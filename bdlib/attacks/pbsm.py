@@ -20,16 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from ..audio import rms
+from ..registry import Checked, knob
 from .base import Attack
 
 
 @dataclass
-class PBSMConfig:
-    segment_s: float = 0.25  # length of the boosted high-pitch part
-    semitones: float = 4.0  # pitch boost
-    mask_s: float = 0.05  # masking sound length
-    mask_db: float = -3.0  # masking sound RMS re the clip's RMS at the loudest position
-    fade_s: float = 0.01
+class PBSMConfig(Checked):
+    segment_s: float = knob(0.25, "(0, 1]")  # length of the boosted high-pitch part
+    semitones: float = 4.0  # pitch boost (finite, non-zero: checked by PBSM)
+    mask_s: float = knob(0.05, "(0, 0.5]")  # masking sound length
+    mask_db: float = -3.0  # masking sound RMS re the clip's RMS at the loudest position (finite dB)
+    fade_s: float = knob(0.01, "[0, 0.5)")  # and < segment_s / 2 (checked by PBSM)
 
 
 class PBSM(Attack):

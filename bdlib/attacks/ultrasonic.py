@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import fit_length, resample_np
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from .badnets import POSITIONS
 from .base import Attack
 
@@ -29,13 +29,13 @@ BELOW_NYQUIST = ("error", "resample", "alias")
 
 
 @dataclass
-class UltrasonicConfig:
-    freq_hz: float = 21_000.0
-    level_db: float = -10.0  # peak amplitude, dB re full scale
-    size: int = 40  # percent of one second
-    position: str = "start"  # start | mid | end (continuous trigger only)
+class UltrasonicConfig(Checked):
+    freq_hz: float = knob(21_000.0, "(0, inf)")
+    level_db: float = knob(-10.0, "(-inf, 0]")  # peak amplitude, dB re full scale
+    size: int = knob(40, "[2, 100]")  # percent of one second
+    position: str = knob("start", choices=POSITIONS)  # start | mid | end (continuous trigger only)
     continuous: bool = False
-    below_nyquist: str = "error"  # error | resample | alias
+    below_nyquist: str = knob("error", choices=BELOW_NYQUIST)  # error | resample | alias
 
 
 class Ultrasonic(Attack):

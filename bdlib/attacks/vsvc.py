@@ -25,20 +25,20 @@ import numpy as np
 import torch
 
 from ..audio import fit_length, rms
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from .base import Attack, FitContext
 
 SELECT = ("distinct", "fixed")
 
 
 @dataclass
-class VSVCConfig:
-    select: str = "distinct"  # distinct | fixed
-    f0_ratios: tuple = (0.6, 0.75, 1.4, 1.7)
-    warps: tuple = (0.85, 1.18)
-    f0_ratio: float = 1.4  # select="fixed" (or after selection: the chosen one)
-    warp: float = 1.18
-    n_probe: int = 40  # auxiliary clips converted per candidate during selection
+class VSVCConfig(Checked):
+    select: str = knob("distinct", choices=SELECT)  # distinct | fixed
+    f0_ratios: tuple[float, ...] = knob((0.6, 0.75, 1.4, 1.7), "(0, inf)", nonempty=True)  # candidate F0 ratios
+    warps: tuple[float, ...] = knob((0.85, 1.18), "(0, inf)", nonempty=True)  # candidate envelope warps
+    f0_ratio: float = knob(1.4, "(0, inf)")  # select="fixed" (or after selection: the chosen one)
+    warp: float = knob(1.18, "(0, inf)")
+    n_probe: int = knob(40, "[1, inf)")  # auxiliary clips converted per candidate during selection
 
 
 def world_convert(wave: np.ndarray, sample_rate: int, f0_ratio: float, warp: float) -> np.ndarray:

@@ -7,6 +7,7 @@ them together) makes poisoned-subset bookkeeping exact.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm  # text bars: readable in papermill outputs too
 
-from ..audio import AudioFileError, read_audio
+from ..audio import AudioFileError, read_audio_counted
 from .clips import ClipPolicy, LoadReport, conform
 
 
@@ -56,9 +57,18 @@ def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, clas
     ``strict`` (default: True without a policy, False with one): an unreadable, empty or
     corrupt file raises :class:`AudioFileError` naming it; when not strict it is skipped,
     listed in ``result.report.skipped`` with the reason, and loading goes on, so one stray
-    file does not abort a folder of thousands.
+    file does not abort a folder of thousands. A missing file is such a file too (its message
+    says it does not exist); a missing ``root`` is a ``FileNotFoundError`` naming it.
+
+    Every manifest path must stay inside ``root``: an absolute path or one whose ``..``
+    parts climb out of it is a ``ValueError`` naming the row, whatever ``strict`` says
+    (the check is on the path as written; symbolic links inside the root are followed).
+    Float samples outside [-1, 1] are clipped; such files are listed in ``report.clipped``.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist" if not root.exists()
+                                else f"dataset root {root} is not a folder")
     strict = policy is None if strict is None else strict
     policy = ClipPolicy.legacy() if policy is None else policy
     rows = manifest[manifest["split"] == split]
@@ -67,13 +77,14 @@ def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, clas
     unknown = sorted(set(rows["label"]) - set(class_names))
     if unknown:
         raise ValueError(f"labels {unknown} are not among the classes {list(class_names)}")
+    check_inside_root(rows, root)
     n = int(round(sample_rate * clip_seconds))
     report = LoadReport(split=split, sample_rate=sample_rate, clip_samples=n, policy=policy, total=len(rows))
     waves = np.zeros((len(rows), n), dtype=np.float32)
     keep = np.zeros(len(rows), dtype=bool)
     for i, path in enumerate(tqdm(rows["path"].astype(str), desc=f"reading {split}", disable=not progress)):
         try:
-            data, sr = read_audio(root / path)
+            data, sr, n_clipped = read_audio_counted(root / path)
             if sr != sample_rate and not resample:
                 raise AudioFileError(f"audio file {root / path} has sample rate {sr} Hz, expected {sample_rate} Hz")
         except AudioFileError as exc:
@@ -82,6 +93,7 @@ def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, clas
             report.skip(path, str(exc))
             continue
         waves[i], info = conform(data, sr, sample_rate, n, policy, key=path)
+        info.clipped = n_clipped
         report.add(path, info)
         keep[i] = True
     if not keep.any():
@@ -98,6 +110,17 @@ def load_split(manifest: pd.DataFrame, root: str | os.PathLike, split: str, clas
         paths=rows["path"].astype(str).to_numpy(),
         report=report,
     )
+
+
+def check_inside_root(rows: pd.DataFrame, root: Path) -> None:
+    """Reject a manifest row whose path is absolute or climbs out of ``root`` with ``..``
+    (``../../etc/passwd``), naming the row. Lexical, so a symlinked folder inside the root
+    (data on another disk) is still allowed."""
+    for label, path in zip(rows.index, rows["path"].astype(str)):
+        norm = posixpath.normpath(path.replace("\\", "/"))
+        if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+            raise ValueError(f"manifest row {label}: path {path!r} resolves outside the dataset root {root}; "
+                             "manifest paths must be relative to the root and stay inside it")
 
 
 __all__ = ["AudioSet", "ClipPolicy", "LoadReport", "load_split", "AudioFileError"]

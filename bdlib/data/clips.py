@@ -77,6 +77,7 @@ class ClipInfo:
     cancelled_channel: int | None = None  # channel used when the average cancelled
     padded: int = 0  # samples of padding
     cropped: int = 0  # samples cropped away
+    clipped: int = 0  # float samples outside [-1, 1] clipped on reading (bdlib.audio.read_audio)
 
 
 def clip_rng(policy: ClipPolicy, key: str) -> np.random.Generator:
@@ -165,6 +166,7 @@ class LoadReport:
     cancelled_stereo: list[tuple[str, int]] = field(default_factory=list)  # (path, channel used)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     rates_by_folder: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    clipped: list[tuple[str, int]] = field(default_factory=list)  # (path, samples clipped to [-1, 1])
 
     def add(self, path: str, info: ClipInfo) -> None:
         self.loaded += 1
@@ -181,6 +183,8 @@ class LoadReport:
             self.downmixed.append(path)
         if info.cancelled_channel is not None:
             self.cancelled_stereo.append((path, info.cancelled_channel))
+        if info.clipped:
+            self.clipped.append((path, info.clipped))
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
@@ -206,6 +210,9 @@ class LoadReport:
         if self.cancelled_stereo:
             out.append(f"{len(self.cancelled_stereo)} stereo clip(s) cancelled when averaged (phase-inverted "
                        f"channels?); the loudest channel was used: {_first([p for p, _ in self.cancelled_stereo])}")
+        if self.clipped:
+            out.append(f"{len(self.clipped)} float file(s) held samples outside [-1, 1], clipped to [-1, 1] "
+                       f"(a gain error?): {_first([f'{p} ({n} samples)' for p, n in self.clipped])}")
         for path, reason in self.skipped:
             out.append(f"skipped {path}: {reason}")
         return out

@@ -26,17 +26,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..training import batches
+from ..registry import Checked, knob
 from .base import CleanData, Defense
 
 
 @dataclass
-class ANPConfig:
-    epochs: int = 100
-    batch_size: int = 128
-    eps: float = 0.4  # perturbation budget
-    alpha: float = 0.2  # weight of the natural loss
-    mask_lr: float = 0.2
-    threshold: float = 0.2  # prune channels whose mask ends below this
+class ANPConfig(Checked):
+    epochs: int = knob(100, "[1, inf)")  # passes of mask optimisation over the clean subset
+    batch_size: int = knob(128, "[1, inf)")
+    eps: float = knob(0.4, "[0, inf)")  # perturbation budget
+    alpha: float = knob(0.2, "[0, 1]")  # weight of the natural loss
+    mask_lr: float = knob(0.2, "(0, inf)")
+    threshold: float = knob(0.2, "(0, 1)")  # prune channels whose mask ends below this
 
 
 class _Perturbation:

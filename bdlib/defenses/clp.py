@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..registry import Checked, knob
 from .base import CleanData, Defense
 
 
@@ -44,8 +45,8 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 @dataclass
-class CLPConfig:
-    u: float = 3.0
+class CLPConfig(Checked):
+    u: float = knob(3.0, "[0, inf)")  # prune channels whose UCLC exceeds mean + u·std of their layer
 
 
 class CLP(Defense):

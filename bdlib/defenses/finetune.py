@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..training import batches
+from ..registry import Checked, knob
 from .base import CleanData, sgd
 
 GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[float, Sequence[torch.Tensor]]]
@@ -61,15 +62,16 @@ def finetune(model: nn.Module, clean: CleanData, *, epochs: int, batch_size: int
 
 
 @dataclass
-class FinetuneKnobs:
+class FinetuneKnobs(Checked):
     """The optimiser knobs every fine-tuning defense shares (BackdoorBench's defaults:
-    SGD lr 0.01, momentum 0.9, weight decay 5e-4); defense configs inherit them."""
+    SGD lr 0.01, momentum 0.9, weight decay 5e-4); defense configs inherit them, and with
+    them the type/range check of every field at construction (:class:`bdlib.registry.Checked`)."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = knob(100, "[1, inf)")  # fine-tuning epochs (FP, TSBD: 0 allowed, no fine-tuning stage)
+    batch_size: int = knob(256, "[1, inf)")
+    lr: float = knob(0.01, "(0, inf)")
+    momentum: float = knob(0.9, "[0, 1)")
+    weight_decay: float = knob(5e-4, "[0, inf)")
 
 
 def run_finetune(model: nn.Module, clean: CleanData, knobs: FinetuneKnobs, *, seed: int, progress: bool, desc: str,

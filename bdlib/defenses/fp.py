@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..registry import check_choice
+from ..registry import check_choice, knob
 from ..training import predict
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune
@@ -59,9 +59,10 @@ def mean_activation(model: nn.Module, module: nn.Module, feats: torch.Tensor, of
 
 @dataclass
 class FPConfig(FinetuneKnobs):
-    layer: str = "classifier"  # "classifier" | "last_conv"
-    prune_step: float = 0.01
-    max_acc_drop: float = 0.10
+    epochs: int = knob(100, "[0, inf)")  # fine-tuning after pruning; 0: pruning only
+    layer: str = knob("classifier", choices=LAYERS)  # "classifier" | "last_conv"
+    prune_step: float = knob(0.01, "(0, 1)")
+    max_acc_drop: float = knob(0.10, "(0, 1)")
 
 
 class FinePruning(Defense):

@@ -11,7 +11,7 @@ from .finetune import FinetuneKnobs, run_finetune
 
 @dataclass
 class FTConfig(FinetuneKnobs):
-    cosine: bool = True
+    cosine: bool = True  # cosine-annealed learning rate
 
 
 class FineTuning(Defense):

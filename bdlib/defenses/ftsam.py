@@ -26,6 +26,7 @@ from functools import partial
 
 import torch.nn.functional as F
 
+from ..registry import knob
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune
 from .gnft import approx_gradient
@@ -33,9 +34,9 @@ from .gnft import approx_gradient
 
 @dataclass
 class FTSAMConfig(FinetuneKnobs):
-    rho: float = 2.0
+    rho: float = knob(2.0, "(0, inf)")
     adaptive: bool = True  # ASAM-style weight-relative ball (BackdoorBench's default)
-    label_smoothing: float = 0.1
+    label_smoothing: float = knob(0.1, "[0, 1)")
 
 
 class FTSAM(Defense):

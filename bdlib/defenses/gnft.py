@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..registry import check_choice
+from ..registry import check_choice, knob
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune, trainable
 
@@ -99,12 +99,12 @@ def exact_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: floa
 
 @dataclass
 class GNFTConfig(FinetuneKnobs):
-    mode: str = "approx"  # "approx" | "exact"
-    r: float = 0.05
-    alpha: float = 0.7
-    norm: str = "per_tensor"  # "per_tensor" | "global"
-    lr: float = 1e-3  # the authors' ft_reg.py: SGD lr 1e-3, momentum 0.9, no weight decay or schedule
-    weight_decay: float = 0.0
+    mode: str = knob("approx", choices=MODES)  # "approx" | "exact"
+    r: float = knob(0.05, "(0, inf)")
+    alpha: float = knob(0.7, "[0, 1]")
+    norm: str = knob("per_tensor", choices=NORMS)  # "per_tensor" | "global"
+    lr: float = knob(1e-3, "(0, inf)")  # the authors' ft_reg.py: SGD lr 1e-3, momentum 0.9, no weight decay or schedule
+    weight_decay: float = knob(0.0, "[0, inf)")
 
     @property
     def lam(self) -> float:

@@ -46,21 +46,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..training import batches
+from ..registry import Checked, knob
 from .base import CleanData, Defense
 
 
 @dataclass
-class IBAUConfig:
-    epochs: int = 5  # unlearning rounds (original n_rounds)
-    batch_size: int = 100
-    lr: float = 1e-4  # outer Adam
-    K: int = 5  # fixed-point iterations of the hypergradient
-    inner_lr: float = 0.1  # step η of the inner map Φ
-    pert_lr: float = 10.0  # SGD step of the per-round perturbation fit (standardised units)
-    pert_steps: int | None = None  # SGD steps of that fit; None: one pass over the clean batches
-    radius: float = 10.0  # L2 ball δ is projected onto after the fit (standardised units)
-    reg: float = 0.001  # weight of ‖δ‖² in the inner loss
-    portion: float = 0.01  # share of each outer batch that carries δ (at least one clip)
+class IBAUConfig(Checked):
+    epochs: int = knob(5, "[1, inf)")  # unlearning rounds (original n_rounds)
+    batch_size: int = knob(100, "[1, inf)")
+    lr: float = knob(1e-4, "(0, inf)")  # outer Adam
+    K: int = knob(5, "[1, inf)")  # fixed-point iterations of the hypergradient
+    inner_lr: float = knob(0.1, "(0, inf)")  # step η of the inner map Φ
+    pert_lr: float = knob(10.0, "(0, inf)")  # SGD step of the per-round perturbation fit (standardised units)
+    pert_steps: int | None = knob(None, "[1, inf)")  # SGD steps of that fit; None: one pass over the clean batches
+    radius: float = knob(10.0, "(0, inf)")  # L2 ball δ is projected onto after the fit (standardised units)
+    reg: float = knob(0.001, "[0, inf)")  # weight of ‖δ‖² in the inner loss
+    portion: float = knob(0.01, "(0, 1]")  # share of each outer batch that carries δ (at least one clip)
 
 
 def implicit_hypergradient(inner: torch.Tensor, params: Sequence[torch.Tensor],

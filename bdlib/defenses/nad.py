@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import knob
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune, trainable
 
@@ -46,9 +47,9 @@ class _Taps:
 
 @dataclass
 class NADConfig(FinetuneKnobs):
-    teacher_epochs: int = 10
-    betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
-    p: float = 2.0
+    teacher_epochs: int = knob(10, "[1, inf)")
+    betas: tuple[float, ...] = knob((500.0, 1000.0, 1000.0), "[0, inf)", nonempty=True)  # one per attention layer
+    p: float = knob(2.0, "(0, inf)")  # power of the attention map
 
 
 class NAD(Defense):

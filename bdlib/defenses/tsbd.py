@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..metrics import accuracy
+from ..registry import knob
 from ..training import batches
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune
@@ -36,14 +37,16 @@ from .gnft import approx_gradient
 
 @dataclass
 class TSBDConfig(FinetuneKnobs):
-    unlearn_lr: float = 1e-4
-    unlearn_max_epochs: int = 100
-    unlearn_floor: float = 0.10  # stop unlearning at (or below) this clean accuracy: chance for 10 classes
-    neuron_ratio: float = 0.10  # share of conv neurons zero-reinitialised
-    weight_ratio: float = 0.7  # share of the selected neurons' weights zeroed (largest change first)
-    r: float = 0.05
-    alpha: float = 0.7
-    weight_decay: float = 0.0
+    epochs: int = knob(100, "[0, inf)")  # the final fine-tuning; 0: unlearn and zero only
+    unlearn_lr: float = knob(1e-4, "(0, inf)")
+    unlearn_max_epochs: int = knob(100, "[1, inf)")
+    # stop unlearning at (or below) this clean accuracy: chance for 10 classes
+    unlearn_floor: float = knob(0.10, "[0, 1]")
+    neuron_ratio: float = knob(0.10, "(0, 1]")  # share of conv neurons zero-reinitialised
+    weight_ratio: float = knob(0.7, "(0, 1]")  # share of the selected neurons' weights zeroed (largest change first)
+    r: float = knob(0.05, "(0, inf)")
+    alpha: float = knob(0.7, "[0, 1]")
+    weight_decay: float = knob(0.0, "[0, inf)")
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
