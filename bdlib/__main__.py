@@ -3,6 +3,7 @@
     python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--scheduler ADDR]
     python -m bdlib study --profile default [--serial] [--seeds 0 1 2]
     python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
+    python -m bdlib store verify [--kind K] [--remove] | store remove KIND KEY
 
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from .profiles import PROFILES
 from .registry import UnknownNameError
+from .store import Store, StoreError
 
 
 def _parameter(text: str) -> tuple[str, object]:
@@ -64,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--seeds", type=int, nargs="+", default=[0])
     data = sub.add_parser("data", help="load (synthesise or verify) a data source and print its load report")
     _add_data_args(data)
+    store = sub.add_parser("store", help="check or clean the artifact store ($BDLIB_DATA/store)")
+    store_sub = store.add_subparsers(dest="store_cmd", required=True)
+    verify = store_sub.add_parser("verify", help="verify every entry's checksums; exit 1 if a problem remains")
+    verify.add_argument("--kind", help="only this kind (models, defenses, features, ...)")
+    verify.add_argument("--strict", action="store_true", help="also list entries saved without checksums")
+    verify.add_argument("--remove", action="store_true", help="remove every entry that fails")
+    remove = store_sub.add_parser("remove", help="remove one entry")
+    remove.add_argument("kind")
+    remove.add_argument("key")
     args = parser.parse_args(argv)
     try:
         import re
@@ -97,10 +108,32 @@ def main(argv: list[str] | None = None) -> int:
                 s = exp.split(split)  # prints the split's load report and its warnings (non-embedded sources)
                 print(f"{split}: {len(s)} clips, {len(set(s.speakers))} speakers")
             return 0
-    except (UnknownNameError, ValueError, TypeError, FileNotFoundError) as exc:
+        if args.cmd == "store":
+            return _store(args)
+    except (UnknownNameError, ValueError, TypeError, FileNotFoundError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _store(args) -> int:
+    from .paths import data_root
+
+    store = Store(data_root() / "store")
+    if args.store_cmd == "remove":
+        if not store.remove(args.kind, args.key):
+            print(f"error: no entry {args.kind}/{args.key} in {store.root}", file=sys.stderr)
+            return 2
+        print(f"removed {args.kind}/{args.key}")
+        return 0
+    problems = store.verify(args.kind, strict=args.strict)
+    for p in problems:
+        print(p)
+        if args.remove:
+            store.remove(p.kind, p.key)
+    left = [] if args.remove else problems
+    print(f"{len(problems)} problem(s) in {store.root}" + (", removed" if args.remove and problems else ""))
+    return 1 if left else 0
 
 
 def _study(args, seeds: list[int]) -> None:

@@ -61,3 +61,27 @@ def test_defense_notebooks_cover_the_profiles_victims():
     assert set(victim_attacks("default")) == set(ATTACKS) and len(victim_attacks("default")) == len(ATTACKS.names())
     with pytest.raises(UnknownNameError, match="valid attacks: .*badnets"):  # before any data or training
         defend_victims("ft", "smoke", attacks=["badnet"])
+
+
+def test_cli_store_verify_names_a_corrupt_entry_and_removes_it(tmp_path):
+    import os
+
+    store = Store(tmp_path / "store")
+    store.save("models", {"a": 1}, {"acc": 0.5}, {"w": torch.ones(100)})
+    store.save("models", {"a": 2}, {"acc": 0.6}, {"w": torch.ones(100)})
+    weights = store.path("models", {"a": 1}) / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-40:] = bytes(40)
+    weights.write_bytes(bytes(data))
+    env = {**os.environ, "BDLIB_DATA": str(tmp_path)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bdlib", "store", *args], capture_output=True, text=True,
+                              env=env)
+
+    proc = cli("verify")
+    assert proc.returncode == 1 and f"models/{config_key({'a': 1})}" in proc.stdout and "1 problem(s)" in proc.stdout
+    assert cli("verify", "--remove").returncode == 0
+    assert cli("verify").returncode == 0 and not store.has("models", {"a": 1}) and store.has("models", {"a": 2})
+    assert cli("remove", "models", config_key({"a": 2})).returncode == 0 and not store.has("models", {"a": 2})
+    assert cli("remove", "models", "0000").returncode == 2
