@@ -132,7 +132,8 @@ def test_embedded_source_keeps_its_id_and_loads_identically(smoke_dataset, tmp_p
     link = tmp_path / "embedded-3-2-2-t1-seed11"
     link.symlink_to(root)
     src = make_source("embedded", link, speakers_train=3, speakers_val=2, speakers_test=2, seed=11)
-    assert src.id == "embedded-3-2-2-t1-seed11" and src.root == link
+    assert src.folder_name == "embedded-3-2-2-t1-seed11" and src.id.startswith("embedded-3-2-2-t1-seed11-")
+    assert src.root == link
     assert src.class_names == KEYWORDS
     pd.testing.assert_frame_equal(src.manifest(), manifest)
     for rate in (16000, 44100):
@@ -145,10 +146,10 @@ def test_embedded_source_keeps_its_id_and_loads_identically(smoke_dataset, tmp_p
 
 
 def test_embedded_options_sizes_and_default_root(tmp_path):
-    assert make_source("embedded", tmp_path, size="smoke").id == "embedded-32-10-16-t1-seed0"
-    assert make_source("embedded", tmp_path).id == "embedded-160-30-60-t1-seed0"
+    assert make_source("embedded", tmp_path, size="smoke").folder_name == "embedded-32-10-16-t1-seed0"
+    assert make_source("embedded", tmp_path).folder_name == "embedded-160-30-60-t1-seed0"
     src = make_source("embedded", tmp_path, size="paper", speakers_test=9, seed=4)
-    assert src.id == "embedded-1200-150-9-t2-seed4" and src.root == tmp_path / src.id
+    assert src.folder_name == "embedded-1200-150-9-t2-seed4" and src.root == tmp_path / src.folder_name
     assert EMBEDDED_SIZES["paper"] == (1200, 150, 250, 2)
     with pytest.raises(ValueError, match="unknown embedded size 'huge'; valid: smoke, default, paper"):
         make_source("embedded", tmp_path, size="huge")
