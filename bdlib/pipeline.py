@@ -478,7 +478,7 @@ def records_table(records: list[dict]) -> pd.DataFrame:
                      "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
                      "acc_after": m["after"]["acc"], "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"],
                      "der": m["der"], "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
-                     "defense_knobs": json.dumps(c["defense_knobs"])})
+                     "torch_threads": m.get("torch_threads"), "defense_knobs": json.dumps(c["defense_knobs"])})
     return pd.DataFrame(rows)
 
 
