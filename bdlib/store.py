@@ -838,6 +838,29 @@ class Store:
         shutil.rmtree(scratch, ignore_errors=True)
         return True
 
+    def merge_from(self, other: str | os.PathLike | "Store") -> int:
+        """Copy into this store every entry of ``other`` it lacks, each verified first and
+        published in one rename (so a reader never sees half of one); returns how many.
+
+        Why: stores built elsewhere — on cluster nodes with local disks, or by a test in a
+        temporary folder — join the shared one without recomputation. A corrupt entry of
+        ``other`` raises :class:`StoreIntegrityError` before anything of it is copied."""
+        other = other if isinstance(other, Store) else Store(other)
+        copied = 0
+        for kind in other._kinds():
+            for d in sorted((other.root / kind).iterdir()):
+                if d.name.startswith(".") or not d.is_dir() or (self.root / kind / d.name).exists():
+                    continue
+                other._read(kind, d.name, warn=False)  # verify before copying
+                kind_dir = self.root / kind
+                kind_dir.mkdir(parents=True, exist_ok=True)
+                tmp = kind_dir / self._scratch_name(".tmp", d.name)
+                shutil.copytree(d, tmp)
+                self._publish(kind_dir, d.name, tmp, replace=False)
+                shutil.rmtree(tmp, ignore_errors=True)  # left only when an entry was already there
+                copied += 1
+        return copied
+
     # ----------------------------------------------------------------------------- reading
     def load_metrics(self, kind: str, config: dict) -> dict:
         """The entry's metrics, after verifying the whole entry."""

@@ -306,3 +306,18 @@ def test_entries_record_checksums_of_every_file(tmp_path):
     for name in ("config.json", "metrics.json", "weights.safetensors"):
         assert m["sha256"][name] == hashlib.sha256((a / name).read_bytes()).hexdigest()
         assert m["size"][name] == (a / name).stat().st_size
+
+
+def test_merge_from_copies_missing_verified_entries_and_refuses_corrupt_ones(tmp_path):
+    src, dst = Store(tmp_path / "a"), Store(tmp_path / "b")
+    src.save("models", {"k": 1}, {"acc": 0.5}, {"w": torch.ones(10)})
+    src.save("models", {"k": 2}, {"acc": 0.6}, {"w": torch.ones(10)})
+    dst.save("models", {"k": 2}, {"acc": 0.9}, {"w": torch.zeros(10)})  # already there: kept
+    assert dst.merge_from(src.root) == 1
+    assert dst.load_metrics("models", {"k": 1}) == {"acc": 0.5} and dst.load_metrics("models", {"k": 2}) == {"acc": 0.9}
+    assert dst.verify(strict=True) == [] and not list((tmp_path / "b" / "models").glob(".tmp-*"))
+    src.save("models", {"k": 3}, {"acc": 0.7}, {"w": torch.ones(10)})
+    (src.path("models", {"k": 3}) / "metrics.json").write_text('{"acc": 1.0}')
+    with pytest.raises(StoreIntegrityError):
+        dst.merge_from(src)
+    assert not dst.has("models", {"k": 3})
