@@ -42,7 +42,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786); default $BDLIB_SCHEDULER, "
                                        "else a local cluster sized to this machine")
-    p.add_argument("--serial", action="store_true", help="compute the study in this process, without Dask")
+    p.add_argument("--serial", action="store_true", default=None,
+                   help="compute the study in this process, without Dask (the default where a local cluster would "
+                        "have one worker: fewer than 8 cores, unless BDLIB_WORKERS is set)")
 
 
 def main(argv: list[str] | None = None) -> int:

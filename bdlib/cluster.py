@@ -1,10 +1,12 @@
 """Dask clients for studies: a local cluster sized to the machine, or an existing one.
 
-Why these sizes: every cell is a torch training loop. Torch already parallelises one step
-over its intra-op threads, so a worker process per core with one Dask thread and one torch
-thread each keeps the cores busy without oversubscription (two workers × two torch threads
-on two cores is slower than either alone). ``$BDLIB_WORKERS`` overrides the worker count;
-each worker then gets ``cores // workers`` torch threads.
+Why these sizes: every cell is a torch training loop, and torch already parallelises one
+step over its intra-op threads. Measured on the 2-core CI machine (benchmarks/study_grid.py,
+smoke grid): one torch thread per worker made every cell 2-3x slower than serial with two
+threads, so two such workers were slower in all (0.67x) than one process. The local cluster
+therefore gives each worker up to 4 torch threads: ``workers = max(1, cores // 4)``, the
+cores divided evenly among them (2 cores: 1 worker x 2 threads; 16 cores: 4 x 4), so torch
+threads never oversubscribe the cores. ``$BDLIB_WORKERS`` overrides the worker count.
 
 An existing cluster — a long-running ``dask scheduler`` or Slurm through dask-jobqueue —
 is given by address (``--scheduler tcp://HOST:8786`` or ``$BDLIB_SCHEDULER``). Its workers
@@ -20,20 +22,24 @@ import sys
 from .allocator import ALLOCATOR_ENV
 
 
+#: torch threads a local worker gets at most (see the module docstring for why)
+THREADS_PER_WORKER = 4
+
+
 def local_layout(cores: int | None = None, workers: int | None = None) -> tuple[int, int]:
     """(worker processes, torch threads per worker) for ``cores`` CPU cores."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     env = os.environ.get("BDLIB_WORKERS")
-    workers = workers or (int(env) if env else cores)
+    workers = workers or (int(env) if env else max(1, cores // THREADS_PER_WORKER))
     if workers < 1:
         raise ValueError(f"BDLIB_WORKERS must be >= 1, got {workers}")
     return workers, max(1, cores // workers)
 
 
 def worker_env(torch_threads: int) -> dict[str, str]:
-    """Environment of a local worker: thread counts fixed before torch is imported, and the
-    project's malloc settings (bdlib/allocator.py)."""
+    """Environment of a local worker, set before its process starts: thread counts, and the
+    project's malloc settings (bdlib/allocator.py; a value in this environment wins)."""
     threads = str(torch_threads)
     env = {k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     env.update({k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()})
@@ -46,6 +52,7 @@ def get_client(scheduler: str | None = None, workers: int | None = None):
     """A ``distributed.Client``: to ``scheduler`` (or ``$BDLIB_SCHEDULER``) if given, else to a
     new ``LocalCluster`` of :func:`local_layout` workers, closed on exit. Prints the
     dashboard link."""
+    import dask
     from distributed import Client, LocalCluster
 
     scheduler = scheduler or os.environ.get("BDLIB_SCHEDULER")
@@ -54,8 +61,17 @@ def get_client(scheduler: str | None = None, workers: int | None = None):
         cluster = None
     else:
         n, threads = local_layout(workers=workers)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               env=worker_env(threads), silence_logs=40)
+        # "pre-spawn": glibc and OpenMP read these once, at process start. Dask's own default here
+        # (MALLOC_TRIM_THRESHOLD_=65536) trims the heap after every pass: 2-4x slower torch steps.
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_env(threads)}):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       silence_logs=40)
+        except RuntimeError as exc:  # typically: spawned workers re-imported an unguarded script
+            raise RuntimeError(
+                "could not start the local Dask cluster's workers. From a script, put the code that runs a study "
+                "under `if __name__ == \"__main__\":` (worker processes re-import the script), or run it in this "
+                "process with Study.run(serial=True) / `python -m bdlib study --serial`") from exc
         client = Client(cluster)
         print(f"Dask local cluster: {n} worker(s) x {threads} torch thread(s)", file=sys.stderr)
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -179,12 +180,22 @@ class Study:
                 for name, settings in self.defenses.items() for knobs in _settings(settings)]
 
     # --- running -----------------------------------------------------------------------
-    def run(self, scheduler: str | None = None, serial: bool = False, progress: bool = True) -> pd.DataFrame:
+    def run(self, scheduler: str | None = None, serial: bool | None = None, progress: bool = True) -> pd.DataFrame:
         """Compute every missing cell (victims first, then defense runs) and return
-        :meth:`table`. ``serial=True`` runs in this process; otherwise on Dask — the
-        cluster at ``scheduler`` (or ``$BDLIB_SCHEDULER``), else a local one sized to the
-        machine (:func:`bdlib.cluster.get_client`)."""
+        :meth:`table`. ``serial=True`` runs in this process; ``False`` on Dask — the cluster at
+        ``scheduler`` (or ``$BDLIB_SCHEDULER``), else a local one sized to the machine
+        (:func:`bdlib.cluster.get_client`). ``None`` (default): Dask when a scheduler is given
+        or the local cluster would have two workers or more, else this process — one local
+        worker only adds start-up and transfers (measured: benchmarks/study_grid.py)."""
+        from .cluster import local_layout
+
         victims, defenses = self.victim_cells(), self.defense_cells()
+        if serial is None:
+            serial = not (scheduler or os.environ.get("BDLIB_SCHEDULER")) and local_layout()[0] < 2
+            if serial and progress:
+                print(f"running {len(victims) + len(defenses)} cells in this process (a local Dask cluster here "
+                      f"would have one worker; BDLIB_WORKERS=n or a scheduler address runs them on Dask)",
+                      file=sys.stderr)
         t0 = time.perf_counter()
         if serial:
             from tqdm import tqdm

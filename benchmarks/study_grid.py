@@ -31,7 +31,9 @@ def _run_mode(mode: str, profile: str, seeds: list[int], data: Path, embedded: P
             f"s = collection_study({profile!r}, seeds={seeds!r}, dataset_root={str(embedded)!r}); "
             f"t = time.perf_counter(); s.run(serial={mode == 'serial'!r}, progress=False); "
             "print('WALL', time.perf_counter() - t)")
-    env = {**os.environ, "BDLIB_DATA": str(data)}
+    from bdlib.allocator import with_allocator_env
+
+    env = with_allocator_env({**os.environ, "BDLIB_DATA": str(data)})  # both modes: the settings `make` exports
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")

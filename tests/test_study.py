@@ -136,9 +136,10 @@ def test_local_cluster_layout_does_not_oversubscribe(monkeypatch):
     from bdlib.cluster import local_layout, worker_env
 
     monkeypatch.delenv("BDLIB_WORKERS", raising=False)
-    assert local_layout(cores=2) == (2, 1)
-    assert local_layout(cores=16, workers=4) == (4, 4)
-    monkeypatch.setenv("BDLIB_WORKERS", "1")
     assert local_layout(cores=2) == (1, 2)
+    assert local_layout(cores=16) == (4, 4) and local_layout(cores=6) == (1, 6)
+    assert local_layout(cores=16, workers=8) == (8, 2)
+    monkeypatch.setenv("BDLIB_WORKERS", "2")
+    assert local_layout(cores=2) == (2, 1)
     env = worker_env(3)
     assert env["OMP_NUM_THREADS"] == "3" and env["BDLIB_TORCH_THREADS"] == "3" and "MALLOC_MMAP_MAX_" in env
