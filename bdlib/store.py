@@ -450,14 +450,7 @@ class Store:
             return False
         if self.on_corrupt != "recompute":
             return True
-        try:
-            self._retrying(kind, key, lambda: self._read(kind, key))
-        except FileNotFoundError:
-            return False
-        except StoreIntegrityError as exc:
-            self._set_aside(exc)
-            return False
-        return True
+        return self._intact(kind, key, warn=True)
 
     # ----------------------------------------------------------------------------- locking
     @contextmanager
@@ -581,10 +574,10 @@ class Store:
                     shutil.rmtree(trash, ignore_errors=True)
         raise RuntimeError(f"could not publish {final} (contention with other writers)")
 
-    def _intact(self, kind: str, key: str) -> bool:
+    def _intact(self, kind: str, key: str, warn: bool = False) -> bool:
         """Whether the existing entry verifies; a corrupt one is moved aside (False)."""
         try:
-            self._retrying(kind, key, lambda: self._read(kind, key, warn=False))
+            self._retrying(kind, key, lambda: self._read(kind, key, warn=warn))
         except FileNotFoundError:
             return False
         except StoreIntegrityError as exc:
