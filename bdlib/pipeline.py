@@ -329,7 +329,8 @@ class Experiment:
         for model in models or self.profile.models:
             _, clean = self.backdoored_model(None, model)
             clean_acc = clean["metrics"]["acc"]
-            rows.append({"dataset": self.dataset_id, "model": model, "attack": "none (clean)", "acc": clean_acc})
+            rows.append({"dataset": self.dataset_id, "model": model, "attack": "none (clean)", "acc": clean_acc,
+                         "torch_threads": clean["metrics"].get("torch_threads")})
             for attack, knobs in attacks.items():
                 _, rec = self.backdoored_model(attack, model, rate=rate, **knobs)
                 records[(model, attack)] = rec
@@ -337,6 +338,7 @@ class Experiment:
                 rows.append({"dataset": self.dataset_id, "model": model, "attack": attack, "acc": m["acc"],
                              "asr": m["asr"], "ra": m["ra"], "acc_drop": clean_acc - m["acc"],
                              "n_poisoned": m["n_poisoned"], "train_time_s": m["train_time_s"],
+                             "torch_threads": m.get("torch_threads"),
                              "meets_bar": meets_bar(m["asr"], clean_acc - m["acc"])})
         return pd.DataFrame(rows), records
 
@@ -364,7 +366,7 @@ class Experiment:
                          "sample_rate": c["features"]["sample_rate"], "poison_rate": c["poison_rate"],
                          "target": c["target"], "acc": m["acc"], "asr": m["asr"], "ra": m["ra"], "clean_acc": base,
                          "acc_drop": base - m["acc"], "n_poisoned": m["n_poisoned"],
-                         "meets_bar": meets_bar(m["asr"], base - m["acc"]),
+                         "meets_bar": meets_bar(m["asr"], base - m["acc"]), "torch_threads": m.get("torch_threads"),
                          "attack_knobs": json.dumps(c["attack_knobs"])})
         return pd.DataFrame(rows)
 
