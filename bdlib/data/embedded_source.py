@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..registry import check_choice
+from ..registry import Checked, check_choice, knob
 from .source import DataSource, default_data_root
 from .synth import KEYWORDS, content_hash, ensure_embedded_dataset
 
@@ -30,23 +30,21 @@ CONTENT_HASH_CHARS = 12
 
 
 @dataclass
-class EmbeddedConfig:
+class EmbeddedConfig(Checked):
     """``size`` picks a preset of :data:`EMBEDDED_SIZES` ("default" when None); explicit
     counts override the preset's."""
 
     size: str | None = None
-    speakers_train: int | None = None
-    speakers_val: int | None = None
-    speakers_test: int | None = None
-    takes_per_word: int | None = None
+    speakers_train: int | None = knob(None, "[1, inf)")
+    speakers_val: int | None = knob(None, "[1, inf)")
+    speakers_test: int | None = knob(None, "[1, inf)")
+    takes_per_word: int | None = knob(None, "[1, inf)")
     seed: int = 0
 
     def __post_init__(self):
         if self.size is not None:
             check_choice(self.size, tuple(EMBEDDED_SIZES), "embedded size")
-        for name, value in zip(("speakers_train", "speakers_val", "speakers_test", "takes_per_word"), self.counts()):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"embedded option {name} must be a positive integer, got {value!r}")
+        super().__post_init__()
 
     def counts(self) -> tuple:
         preset = EMBEDDED_SIZES[self.size or "default"]

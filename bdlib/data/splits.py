@@ -18,28 +18,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..registry import Checked, knob
 from .source import as_name_tuple
 
 
 @dataclass
-class SpeakerSplit:
+class SpeakerSplit(Checked):
     """Options choosing which speakers go to test and validation (the rest train)."""
 
     test_speakers: tuple[str, ...] | None = None
     val_speakers: tuple[str, ...] | None = None
-    test_fraction: float | None = None
-    val_fraction: float | None = None
-    fold: int | None = None
-    folds: int | None = None
+    test_fraction: float | None = knob(None, "(0, 1)")
+    val_fraction: float | None = knob(None, "(0, 1)")
+    fold: int | None = knob(None, "[0, inf)")
+    folds: int | None = knob(None, "[2, inf)")
     seed: int = 0
 
     def __post_init__(self):
         self.test_speakers = as_name_tuple(self.test_speakers, "test_speakers")
         self.val_speakers = as_name_tuple(self.val_speakers, "val_speakers")
-        for name in ("test_fraction", "val_fraction"):
-            f = getattr(self, name)
-            if f is not None and not 0.0 < f < 1.0:
-                raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {f}")
+        super().__post_init__()  # types and ranges (bdlib.registry.check_fields)
         overlap = sorted(set(self.test_speakers or ()) & set(self.val_speakers or ()))
         if overlap:
             raise ValueError(f"speaker(s) {overlap} are in both test_speakers and val_speakers; "
