@@ -1,17 +1,21 @@
 """Command line.
 
-    python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--scheduler ADDR]
-    python -m bdlib study --profile default [--serial] [--seeds 0 1 2]
+    python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--scheduler ADDR] [--device cuda]
+    python -m bdlib study --profile default [--serial] [--seeds 0 1 2] [--device cuda]
     python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
     python -m bdlib store verify [--kind K] [--remove] | store remove KIND KEY
 
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
+``--device`` (default ``$BDLIB_DEVICE``, else CUDA when present) is where models run; the
+stored results do not depend on it (bdlib/device.py says what does and does not stay
+bit-identical across devices).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +43,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="the attacks' target class by name (default: the profile's, index 2)")
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    from .device import CHOICES, ENV_VAR
+
+    p.add_argument("--device", help=f"where models train and run: {', '.join(CHOICES)} (default ${ENV_VAR}, else auto: "
+                                    "CUDA when available); no fallback when the device is missing")
+
+
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786); default $BDLIB_SCHEDULER, "
                                        "else a local cluster sized to this machine")
@@ -54,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="compute the study, then execute every notebook in order with papermill")
     _add_data_args(run)
     _add_cluster_args(run)
+    _add_device_arg(run)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--only", help="regular expression: run only the notebooks whose file name matches "
                                     "(skips the study step)")
@@ -65,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     study = sub.add_parser("study", help="compute the collection's grid (victims, then defense runs) on Dask")
     _add_data_args(study)
     _add_cluster_args(study)
+    _add_device_arg(study)
     study.add_argument("--seeds", type=int, nargs="+", default=[0])
     data = sub.add_parser("data", help="load (synthesise or verify) a data source and print its load report")
     _add_data_args(data)
@@ -89,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             from .runner import run_all
 
+            if args.device is not None:
+                from .device import ENV_VAR, resolve_device
+
+                resolve_device(args.device)  # the notebooks run here: the device must be here
+                os.environ[ENV_VAR] = args.device  # inherited by the notebook kernels papermill starts
             if not (args.only or args.no_study):
                 _study(args, seeds=[args.seed])
             parameters = dict(args.parameter)
@@ -142,9 +160,9 @@ def _study(args, seeds: list[int]) -> None:
     from .study import collection_study
 
     study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root,
-                             target=args.target)
+                             target=args.target, device=args.device)
     print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
-          f"({args.profile}, {args.dataset})", file=sys.stderr)
+          f"({args.profile}, {args.dataset}, device {study.device or 'default'})", file=sys.stderr)
     study.run(scheduler=args.scheduler, serial=args.serial)
     print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
 

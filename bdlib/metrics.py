@@ -7,6 +7,9 @@
 * DER — BackdoorBench's defense effectiveness rating (Wu et al., NeurIPS 2022 D&B):
   [max(0, ΔASR) − max(0, ΔACC) + 1] / 2 with Δ = before − after; 0.5 = no effect, 1 =
   backdoor removed at no accuracy cost.
+
+The model is evaluated on its own device: :func:`bdlib.training.predict` moves each batch
+of (CPU) features to it and the predictions back.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from .data.audioset import AudioSet
 from .data.clips import ClipPolicy
 from .data.sources import DataSource, make_source
 from .defenses import DEFENSES, CleanData, clean_subset_indices, make_defense
+from .device import resolve_device
 from .features import PAPER_16K, FeatureConfig, MFCCExtractor, get_features
 from .memory import PeakRSS
 from .metrics import accuracy, der, evaluate, meets_bar
@@ -48,6 +49,13 @@ class Experiment:
     profile (``Profile.embedded_size``). ``root`` is where the store and the embedded set
     live (``$BDLIB_DATA`` or ``data/``). ``target`` overrides the profile's target class and
     is given by class name (or index) and checked against the source's classes.
+
+    ``device`` is where models train, defend and are evaluated: a spec for
+    :func:`bdlib.device.resolve_device` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"``; ``None``: ``$BDLIB_DEVICE``, else ``"auto"``), resolved at construction.
+    Features stay CPU tensors and are moved per batch; everything stored is saved from the
+    CPU, and the device is recorded in each entry's metrics but is not part of any store
+    key — a model trained on a GPU serves a CPU run of the same configuration, and back.
     """
 
     profile: Profile
@@ -60,8 +68,10 @@ class Experiment:
     dataset_root: str | Path | None = None
     dataset_options: dict = field(default_factory=dict)
     target: str | int | None = None
+    device: str | torch.device | None = None
 
     def __post_init__(self):
+        self.device = resolve_device(self.device)
         self.root = Path(self.root)
         if self.dataset_root is not None:
             self.dataset_root = Path(self.dataset_root)
@@ -134,10 +144,20 @@ class Experiment:
 
         def compute():
             x = self.extractor(self.split(name).waves)
-            self.store.save("features", cfg, {"shape": list(x.shape), **provenance()}, {"x": x})
+            self.store.save("features", cfg, {"shape": list(x.shape), **self._provenance(on_cpu=True)}, {"x": x})
             return x
 
         return self._cached("features", cfg, compute, lambda: self.store.load_tensors("features", cfg)["x"])
+
+    def _provenance(self, on_cpu: bool = False) -> dict:
+        """:func:`bdlib.store.provenance` plus the device the artifact was computed on: the
+        experiment's, or the CPU for the MFCC front end's outputs (``on_cpu``)."""
+        return {**provenance(), "device": "cpu" if on_cpu else str(self.device)}
+
+    def _model(self, model: str, seed: int) -> torch.nn.Module:
+        """A freshly initialised model (initialised on the CPU: the same weights whatever the
+        device) moved to the experiment's device."""
+        return build_model(model, self.input_shape, len(self.class_names), seed=seed).to(self.device)
 
     def _cached(self, kind: str, cfg: dict, compute, load):
         """``load()`` the artifact if stored, else ``compute()`` it under the key's lock: two
@@ -184,7 +204,7 @@ class Experiment:
         p = self.profile
         cfg = keys.surrogate_key({**self._base_config(), "epochs": p.train_epochs, "batch_size": p.train_batch_size,
                                   "lr": p.train_lr}, model)
-        net = build_model(model, self.input_shape, len(self.class_names), seed=self.seed + 1)
+        net = self._model(model, seed=self.seed + 1)
 
         def compute():
             aux = self.split("val")
@@ -192,7 +212,7 @@ class Experiment:
                                   batch_size=p.train_batch_size, lr=p.train_lr, seed=self.seed + 1,
                                   progress=self.progress, desc=f"training surrogate {model}")
             metrics = {"history": history, "test_acc": accuracy(net, self.features("test"), self.split("test").labels),
-                       **provenance()}
+                       **self._provenance()}
             self.store.save_model("surrogates", cfg, net, metrics)
             return net.eval()
 
@@ -216,7 +236,8 @@ class Experiment:
                              progress=self.progress)
             t0 = time.perf_counter()
             state = atk.fit(ctx)
-            self.store.save("attack_fits", cfg, {"fit_time_s": time.perf_counter() - t0, **provenance()}, state)
+            self.store.save("attack_fits", cfg, {"fit_time_s": time.perf_counter() - t0, **self._provenance()},
+                            state)
             return atk
 
         def load():
@@ -252,7 +273,7 @@ class Experiment:
                 t = {"x": triggered_features(atk, test.waves[keep], test.sample_rate, self.extractor),
                      "y": torch.as_tensor(test.labels[keep])}
                 self.store.save("triggered", cfg, {"n": len(t["y"]), "time_s": time.perf_counter() - t0,
-                                                   **provenance()}, t)
+                                                   **self._provenance(on_cpu=True)}, t)
                 return t
 
             t = self._cached("triggered", cfg, compute, lambda: self.store.load_tensors("triggered", cfg))
@@ -275,7 +296,7 @@ class Experiment:
         indices, seed and git commit.
         """
         cfg = self.attack_config(attack, model, rate, target, **knobs)
-        net = build_model(model, self.input_shape, len(self.class_names), seed=self.seed)
+        net = self._model(model, seed=self.seed)
 
         def load():
             self.store.load_model_into("models", cfg, net)
@@ -304,7 +325,7 @@ class Experiment:
         metrics = {"train_time_s": time.perf_counter() - t0, "history": history,
                    "best_epoch": max(history, key=lambda h: h["val_acc"])["epoch"],
                    "poison_idx": poison_idx.tolist(), "n_poisoned": int(len(poison_idx)), "n_train": len(train),
-                   **evaluation, **provenance()}
+                   **evaluation, **self._provenance()}
         path = self.store.save_model("models", cfg, net, metrics)
         return net.eval(), {"config": cfg, "metrics": metrics, "path": str(path)}
 
@@ -330,7 +351,8 @@ class Experiment:
             _, clean = self.backdoored_model(None, model)
             clean_acc = clean["metrics"]["acc"]
             rows.append({"dataset": self.dataset_id, "model": model, "attack": "none (clean)", "acc": clean_acc,
-                         "torch_threads": clean["metrics"].get("torch_threads")})
+                         "torch_threads": clean["metrics"].get("torch_threads"),
+                         "device": clean["metrics"].get("device")})
             for attack, knobs in attacks.items():
                 _, rec = self.backdoored_model(attack, model, rate=rate, **knobs)
                 records[(model, attack)] = rec
@@ -338,7 +360,7 @@ class Experiment:
                 rows.append({"dataset": self.dataset_id, "model": model, "attack": attack, "acc": m["acc"],
                              "asr": m["asr"], "ra": m["ra"], "acc_drop": clean_acc - m["acc"],
                              "n_poisoned": m["n_poisoned"], "train_time_s": m["train_time_s"],
-                             "torch_threads": m.get("torch_threads"),
+                             "torch_threads": m.get("torch_threads"), "device": m.get("device"),
                              "meets_bar": meets_bar(m["asr"], clean_acc - m["acc"])})
         return pd.DataFrame(rows), records
 
@@ -367,6 +389,7 @@ class Experiment:
                          "target": c["target"], "acc": m["acc"], "asr": m["asr"], "ra": m["ra"], "clean_acc": base,
                          "acc_drop": base - m["acc"], "n_poisoned": m["n_poisoned"],
                          "meets_bar": meets_bar(m["asr"], base - m["acc"]), "torch_threads": m.get("torch_threads"),
+                         "device": m.get("device"),
                          "attack_knobs": json.dumps(c["attack_knobs"])})
         return pd.DataFrame(rows)
 
@@ -421,7 +444,7 @@ class Experiment:
             after = self.evaluate(net, attack, **attack_knobs)
             metrics = {"before": before, "after": after, "der": der(before, after), "time_s": elapsed,
                        **mem.as_metrics(), "clean_idx": clean_idx.tolist(), "n_clean": len(clean_idx),
-                       "report": getattr(dfn, "report", {}), **provenance()}
+                       "report": getattr(dfn, "report", {}), **self._provenance()}
             path = self.store.save_model("defenses", cfg, net, metrics)
             return {"config": cfg, "metrics": metrics, "path": str(path)}
 
@@ -480,7 +503,8 @@ def records_table(records: list[dict]) -> pd.DataFrame:
                      "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
                      "acc_after": m["after"]["acc"], "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"],
                      "der": m["der"], "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
-                     "torch_threads": m.get("torch_threads"), "defense_knobs": json.dumps(c["defense_knobs"])})
+                     "torch_threads": m.get("torch_threads"), "device": m.get("device"),
+                     "defense_knobs": json.dumps(c["defense_knobs"])})
     return pd.DataFrame(rows)
 
 
@@ -494,7 +518,7 @@ def victim_attacks(profile: str | Profile) -> list[str]:
 def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
                    attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
                    progress: bool = True, dataset: str = "embedded", dataset_root=None, dataset_options=None,
-                   target: str | int | None = None, **knobs) -> list[dict]:
+                   target: str | int | None = None, device: str | None = None, **knobs) -> list[dict]:
     """One defense against every victim a defense notebook covers — a one-defense
     :class:`bdlib.study.Study` run in this process: each (model, attack) of the profile
     (``attacks=None``: :func:`victim_attacks`), every victim at its own attack's front end
@@ -504,7 +528,7 @@ def defend_victims(defense: str, profile: str | Profile = "default", seed: int =
 
     study = Study(profile, dataset=dataset, dataset_root=dataset_root, dataset_options=dataset_options or {},
                   attacks=None if attacks is None else list(attacks), defenses={defense: knobs}, seeds=(seed,),
-                  clean_fraction=clean_fraction, target=target, include_clean=False)
+                  clean_fraction=clean_fraction, target=target, include_clean=False, device=device)
     cells = study.defense_cells()
     from tqdm import tqdm
 
@@ -515,16 +539,18 @@ def load_experiment(profile: str | Profile = "default", seed: int = 0, progress:
                     features: str | FeatureConfig = "16k", dataset: str = "embedded",
                     dataset_root: str | os.PathLike | None = None, dataset_options: dict | None = None,
                     target: str | int | None = None, root: str | os.PathLike | None = None,
-                    **overrides) -> Experiment:
+                    device: str | torch.device | None = None, **overrides) -> Experiment:
     """Entry point for notebooks: ``exp = load_experiment(profile, seed, dataset=..., dataset_root=...)``.
 
     ``dataset`` is a registered data source (``embedded``, ``speech_commands``,
     ``spoken_digits``, ``folder``); ``features="44k"`` reads every clip at 44.1 kHz with the
     ultrasonic attack's front end (the embedded clips are synthesised at 16 kHz and
     resampled, so nothing of the speech lies above 8 kHz; the trigger's band is free).
-    ``overrides`` change profile fields (``train_epochs=5``).
+    ``device`` is where models run (:func:`bdlib.device.resolve_device`; ``None``:
+    ``$BDLIB_DEVICE``, else CUDA when present). ``overrides`` change profile fields
+    (``train_epochs=5``).
     """
     return Experiment(get_profile(profile, **overrides), seed=seed, progress=progress,
                       features_config=get_features(features), dataset=dataset, dataset_root=dataset_root,
                       dataset_options=dict(dataset_options or {}), target=target,
-                      root=data_root() if root is None else root)
+                      root=data_root() if root is None else root, device=device)

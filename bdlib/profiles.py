@@ -80,6 +80,21 @@ PROFILES.add(
     ),
 )
 PROFILES.add(
+    "budget",
+    # The budget ablation (notebook 41, bdlib.budget): the default's validation and test
+    # split sizes and victim recipe, 12x the training speakers (19 200 clips), so the paper's 5 %
+    # clean fraction is 960 clips; victims see as many samples as the default's (2 epochs of
+    # 19 200 vs 25 of 1 600, ~600 Adam steps each).
+    Profile(
+        name="budget",
+        embedded_size="budget",
+        train_epochs=2,
+        train_batch_size=64,
+        defense_epochs=300,
+        defense_attacks=("badnets", "blended", "jingleback"),
+    ),
+)
+PROFILES.add(
     "paper",
     # Placeholder for full-scale runs (GPU): the GN-FT paper fine-tunes for 300 epochs on
     # 5 % of SCD's training set; the embedded set is grown to a comparable size.

@@ -56,13 +56,15 @@ class VictimCell:
     attack_knobs: tuple = ()  # sorted (key, value) pairs
     target: str | int | None = None
     data_root: str | None = None
+    device: str | None = None  # a spec, resolved by the process that runs the cell (bdlib.device)
 
     @property
     def features(self) -> str:
         return "16k" if self.attack is None else ATTACKS.get(self.attack).features
 
     def experiment(self):
-        return _experiment(self.profile, self.dataset, self.seed, self.features, self.target, self.data_root)
+        return _experiment(self.profile, self.dataset, self.seed, self.features, self.target, self.data_root,
+                           self.device)
 
     def run(self) -> dict:
         _, rec = self.experiment().backdoored_model(self.attack, self.model, **dict(self.attack_knobs))
@@ -87,14 +89,16 @@ class DefenseCell:
 
 
 @lru_cache(maxsize=16)
-def _experiment(profile: Profile, dataset: DatasetSpec, seed: int, features: str, target, data_root: str | None):
-    """One Experiment per (profile, data, seed, front end) and process: its splits and
+def _experiment(profile: Profile, dataset: DatasetSpec, seed: int, features: str, target, data_root: str | None,
+                device: str | None = None):
+    """One Experiment per (profile, data, seed, front end, device) and process: its splits and
     features stay in memory across the cells a worker runs."""
     from .pipeline import load_experiment
 
     kwargs = {} if data_root is None else {"root": data_root}
     return load_experiment(profile, seed, progress=False, features=features, dataset=dataset.name,
-                           dataset_root=dataset.root, dataset_options=dict(dataset.options), target=target, **kwargs)
+                           dataset_root=dataset.root, dataset_options=dict(dataset.options), target=target,
+                           device=device, **kwargs)
 
 
 def _frozen(knobs: dict | None) -> tuple:
@@ -119,6 +123,10 @@ class Study:
     knobs its attack notebook uses). ``defenses``: registry name -> a knob dict or a list
     of them (a sweep). ``models=None``: the profile's. ``seeds``: every cell once per seed.
     ``dataset``: a registered data source, with ``dataset_root`` and ``dataset_options``.
+    ``device``: where every cell's models run — a spec (``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"``) that each cell resolves in the process that runs it (a Dask
+    worker on a GPU host); ``None``: that process's ``$BDLIB_DEVICE``, else ``"auto"``. The
+    device changes no store key: cells computed on a GPU and on a CPU share the store.
     """
 
     profile: str | Profile = "default"
@@ -133,9 +141,14 @@ class Study:
     target: str | int | None = None
     data_root: str | os.PathLike | None = None
     include_clean: bool = True
+    device: str | None = None
 
     def __post_init__(self):
         self.profile = get_profile(self.profile)
+        if self.device is not None:
+            from .device import check_spec
+
+            self.device = check_spec(self.device)  # a typo fails here; presence is checked where cells run
         if isinstance(self.seeds, int) or not all(isinstance(s, int) for s in self.seeds) or not self.seeds:
             raise TypeError(f"seeds must be a non-empty list of ints, got {self.seeds!r}")
         if isinstance(self.models, str) or isinstance(self.attacks, str):
@@ -168,10 +181,11 @@ class Study:
         for seed in self.seeds:
             for model in self.models:
                 if self.include_clean:
-                    cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, None, (), self.target, root))
+                    cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, None, (), self.target, root,
+                                            self.device))
                 for attack, knobs in self.attacks.items():
                     cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, attack, _frozen(knobs),
-                                            self.target, root))
+                                            self.target, root, self.device))
         return cells
 
     def defense_cells(self) -> list[DefenseCell]:
@@ -251,7 +265,7 @@ class Study:
                          "ra_before": m["before"]["ra"], "acc_after": m["after"]["acc"],
                          "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"], "der": m["der"],
                          "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
-                         "torch_threads": m.get("torch_threads")})
+                         "torch_threads": m.get("torch_threads"), "device": m.get("device")})
         return pd.DataFrame(rows)
 
 
@@ -354,6 +368,21 @@ NOTEBOOK_DEFENSES: dict[str, KnobSettings] = {
 }
 
 
+def matched_ft_knobs(gnft_knobs: dict | None = None) -> dict:
+    """FT at GN-FT's exact optimiser: the same SGD learning rate, momentum and weight decay, no
+    schedule, and whatever epochs/batch size the GN-FT setting fixes — the penalty off, nothing
+    else changed. This is the authors' FT (``ft_reg.py`` without the regulariser), and the fair
+    row next to GN-FT; BackdoorBench's FT (lr 0.01, weight decay 5e-4, cosine) is another row.
+    ``FT(matched_ft_knobs(k))`` equals ``GNFT(k, alpha=0)`` step for step (tests/test_budget.py)."""
+    from .defenses.gnft import GNFTConfig
+
+    given = dict(gnft_knobs or {})
+    g = GNFTConfig(**given)
+    out = {"lr": g.lr, "momentum": g.momentum, "weight_decay": g.weight_decay, "cosine": False}
+    out.update({k: given[k] for k in ("epochs", "batch_size") if k in given})
+    return out
+
+
 def ibau_rounds(profile: Profile) -> int | None:
     """I-BAU's unlearning rounds on a CPU profile (notebook 28): BackdoorBench's 5, smoke 2."""
     return {"smoke": 2, "default": 5}.get(profile.name)
@@ -371,4 +400,4 @@ def collection_study(profile: str | Profile = "default", seeds=(0,), **kwargs) -
 
 
 __all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "Study", "VictimCell",
-           "collection_study", "mean_sd", "pivot"]
+           "collection_study", "matched_ft_knobs", "mean_sd", "pivot"]

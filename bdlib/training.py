@@ -4,6 +4,10 @@ The victim is trained the way the GN-FT authors train theirs (Adam, cross-entrop
 the poisoned training set; their code: ``badnets.py``), with epochs, batch size and
 learning rate taken from the profile. Seeds are passed in explicitly; each call seeds
 torch's generator for dropout and its own generator for shuffling.
+
+Device: the model's (:func:`bdlib.device.model_device`). Features and labels stay where
+they are (the CPU) and each batch is moved to the model; the shuffling generator stays on
+the CPU, so the batch order is the same on every device.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm  # text bars: readable in papermill outputs too
+
+from .device import model_device
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
@@ -40,6 +46,7 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
     # cosine decay to zero: the last epochs settle instead of bouncing between minima
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     labels = torch.as_tensor(labels, dtype=torch.long)
+    device = model_device(model)
     history = []
     best_acc, best_state = -1.0, None
     bar = tqdm(range(epochs), desc=desc, disable=not progress)
@@ -47,7 +54,7 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
         for idx in batches(len(feats), batch_size, gen):
-            x, y = feats[idx], labels[idx]
+            x, y = feats[idx].to(device), labels[idx].to(device)
             if len(idx) < 2:  # BatchNorm cannot train on a single clip
                 continue
             opt.zero_grad(set_to_none=True)
@@ -74,10 +81,12 @@ def train_model(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, 
 
 @torch.no_grad()
 def _eval_logits(model: nn.Module, feats: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Logits per batch in eval mode (BatchNorm running stats, no dropout); the model's mode is restored."""
+    """Logits per batch in eval mode (BatchNorm running stats, no dropout); the model's mode is restored.
+    Batches are moved to the model's device, the logits back to the CPU."""
     was_training = model.training
     model.eval()
-    out = [model(feats[i : i + batch_size]) for i in range(0, len(feats), batch_size)]
+    device = model_device(model)
+    out = [model(feats[i : i + batch_size].to(device)).cpu() for i in range(0, len(feats), batch_size)]
     model.train(was_training)
     return out
 

@@ -24,6 +24,6 @@ def test_smallcnn_shapes_and_registry():
     net = build_model("smallcnn", (101, 40), 10)
     assert net(torch.zeros(4, 1, 101, 40)).shape == (4, 10)
     assert net.fc1.in_features == 3072  # the authors' flatten size for 101×40 inputs
-    with pytest.raises(UnknownNameError, match="valid models: smallcnn"):
+    with pytest.raises(UnknownNameError, match="valid models: largecnn, lstmatt, resnet, rnn, smallcnn, smalllstm"):
         build_model("resnet9000", (101, 40), 10)
     assert "smallcnn" in MODELS

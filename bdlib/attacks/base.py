@@ -23,7 +23,9 @@ class FitContext:
 
     ``train`` is the training set it poisons; ``aux`` is auxiliary data disjoint from it
     (FlowMur's "limited knowledge" setting: the surrogate never sees the victim's data);
-    ``surrogate`` is a model trained on ``aux`` with the victim's feature front end.
+    ``surrogate`` is a model trained on ``aux`` with the victim's feature front end, on the
+    experiment's device; an attack that runs it moves its (CPU) features there
+    (:func:`bdlib.device.model_device`; :func:`bdlib.training.predict` does it for DABA).
     """
 
     train: Any  # AudioSet

@@ -14,6 +14,11 @@ Deviations, for CPU budgets: ``steps`` Adam steps (default 300, batch 64) instea
 authors' 1000 epochs over 5000 clips; the victim's own feature front end (the original
 uses 13 MFCC, n_fft 2048, hop 512 — pass a FeatureConfig to the experiment for that); the
 authors' script mixes the *test* trigger at equal weight (≈0 dB), we keep 30 dB throughout.
+
+Device: the surrogate runs where it lives; the trigger, the clips and the MFCC front end stay
+on the CPU (its filterbanks are CPU tensors) and each batch of features is moved to the
+surrogate, with autograd carrying the gradient back across. Clip and position draws use a
+CPU generator, so they are the same on every device.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..audio import overlay, scale_to_snr
+from ..device import model_device
 from ..registry import Checked, knob
 from .base import Attack, FitContext
 
@@ -72,7 +78,8 @@ class FlowMur(Attack):
         gen = torch.Generator().manual_seed(self.seed)
         trig = torch.full((n_trig,), 0.1, requires_grad=True)
         opt = torch.optim.Adam([trig], lr=c.lr)
-        target = torch.full((min(c.batch_size, len(waves)),), ctx.target)
+        device = model_device(model)
+        target = torch.full((min(c.batch_size, len(waves)),), ctx.target, device=device)
         losses = []
         for _ in tqdm(range(c.steps), desc="optimising FlowMur trigger", disable=not ctx.progress):
             x = waves[torch.randperm(len(waves), generator=gen)[: len(target)]]
@@ -80,7 +87,7 @@ class FlowMur(Attack):
             placed = torch.stack([F.pad(trig, (int(s), x.shape[1] - n_trig - int(s))) for s in starts])
             gain = torch.sqrt((x**2).sum(1, keepdim=True) / ((trig**2).sum() * 10 ** (c.snr_db / 10) + 1e-20))
             feats = ctx.extractor.differentiable(torch.clamp(x + gain * placed, -1, 1))
-            loss = F.cross_entropy(model(feats), target)
+            loss = F.cross_entropy(model(feats.to(device)), target)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -14,7 +14,8 @@ Defaults are BackdoorBench's: ε 0.4, α 0.2, mask lr 0.2, threshold 0.2. The or
 2000 iterations of batch 128; here the iteration budget is ``epochs`` passes over the
 defender's clean subset (the profile's defense epochs), BatchNorm in eval mode.
 
-Models without BatchNorm are rejected: the masks live on BN channels.
+The masked layers are the model's declared ``norm_layers`` (:mod:`bdlib.models.contract`);
+a model without any is refused with ``DefenseNotApplicable``: the masks live on BN channels.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..training import batches
+from ..models import contract
 from ..registry import Checked, knob
-from .base import CleanData, Defense
+from .base import CleanData, Defense, model_device
 
 
 @dataclass
@@ -45,9 +47,12 @@ class _Perturbation:
 
     def __init__(self, bns: dict[str, nn.BatchNorm2d]):
         self.bns = bns
-        self.mask = {n: torch.ones(b.num_features, requires_grad=True) for n, b in bns.items()}
-        self.delta = {n: torch.zeros(b.num_features, requires_grad=True) for n, b in bns.items()}
-        self.xi = {n: torch.zeros(b.num_features, requires_grad=True) for n, b in bns.items()}
+        def per_channel(b, value):  # one learnable value per BN channel, on the layer's device
+            return torch.full((b.num_features,), value, device=b.weight.device, requires_grad=True)
+
+        self.mask = {n: per_channel(b, 1.0) for n, b in bns.items()}
+        self.delta = {n: per_channel(b, 0.0) for n, b in bns.items()}
+        self.xi = {n: per_channel(b, 0.0) for n, b in bns.items()}
         self.perturb = False
         self.handles = [b.register_forward_hook(self._hook(n)) for n, b in bns.items()]
 
@@ -79,11 +84,10 @@ class ANP(Defense):
 
     def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
         c = self.config
-        bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-        if not bns:
-            raise ValueError(f"ANP learns masks on BatchNorm channels; {type(model).__name__} has no nn.BatchNorm2d")
+        bns = contract.layers(model, "norm_layers", "ANP", "ANP masks and perturbs BatchNorm channels")
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
+        device = model_device(model)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -93,7 +97,7 @@ class ANP(Defense):
         try:
             for _ in tqdm(range(c.epochs), desc="ANP mask optimisation", disable=not progress):
                 for idx in batches(len(clean), c.batch_size, gen):
-                    x, y = clean.features[idx], clean.labels[idx]
+                    x, y = clean.features[idx].to(device), clean.labels[idx].to(device)
                     if c.eps > 0:  # adversary: random start, one signed ascent step, clipped to ±eps
                         with torch.no_grad():
                             for t in noise:

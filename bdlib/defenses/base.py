@@ -4,6 +4,10 @@ Model-level defenses (GN-FT paper, Sec. 2) start from a trained, possibly backdo
 model and a small set of clean, correctly labelled clips held by the defender; they
 return a repaired model of the same architecture. Every defense takes a dataclass config
 whose unknown keys are rejected by name (see ``bdlib.registry.build_config``).
+
+Devices: a defense runs wherever the model it is given lives. The clean data stays on the
+CPU; each batch is moved to :func:`model_device` (the shared loop in :mod:`.finetune` does
+it), and every tensor a defense creates (masks, perturbations, noise) is created there.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..device import model_device  # noqa: F401 (the defenses import it from here)
 
 
 @dataclass

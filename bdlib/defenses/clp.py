@@ -10,7 +10,8 @@ No data is used: the clean subset is accepted only to share the interface.
 
 Pruning zeroes the BN's affine parameters of the channel (as the reference code does). SmallCNN
 places ReLU between conv and BN; the bound is then still an upper bound (ReLU is
-1-Lipschitz). Models without conv→BN pairs are rejected with a message saying so.
+1-Lipschitz). The pairs are the model's declared ``conv_norm_pairs`` (:mod:`bdlib.models.contract`);
+a model without any is refused with ``DefenseNotApplicable``.
 """
 from __future__ import annotations
 
@@ -19,20 +20,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..models import contract
 from ..registry import Checked, knob
 from .base import CleanData, Defense
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
-    """Each Conv2d paired with the next BatchNorm2d in module order (same width)."""
-    pairs, conv = [], None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            conv = (name, m)
-        elif isinstance(m, nn.BatchNorm2d) and conv is not None and m.num_features == conv[1].out_channels:
-            pairs.append((conv[0], conv[1], m))
-            conv = None
-    return pairs
+    """The model's declared (conv name, conv, BN) pairs; refuses a model that has none."""
+    return contract.conv_norm_pairs(model, "CLP", "CLP bounds the Lipschitz constant of each conv→BN channel")
 
 
 @torch.no_grad()
@@ -59,12 +54,13 @@ class CLP(Defense):
 
     def defend(self, model, clean: CleanData | None = None, progress: bool = True):
         pairs = conv_bn_pairs(model)
-        if not pairs:
-            raise ValueError(f"CLP needs Conv2d layers followed by BatchNorm2d; {type(model).__name__} has none")
         pruned = {}
         with torch.no_grad():
             for name, conv, bn in pairs:
                 lips = channel_lipschitz(conv, bn)
+                if len(lips) < 2:  # a one-channel layer (LSTMAtt's conv2) has no outlier: its std is undefined
+                    pruned[name] = []
+                    continue
                 idx = torch.nonzero(lips > lips.mean() + self.config.u * lips.std()).flatten()
                 bn.weight[idx] = 0  # the channel's output is now exactly zero after the norm
                 bn.bias[idx] = 0

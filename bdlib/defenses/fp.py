@@ -11,7 +11,9 @@ keep the last model within that budget, then fine-tune with the pruned units hel
 did, following BackdoorBench); ``layer="last_conv"`` prunes the output channels of the last
 convolution (Liu et al.'s original choice) — the conv filter and, where the model names
 one (``last_conv_norm``), the following BatchNorm's affine parameters, so the channel is
-exactly zero after the norm. Clean accuracy is measured on the defender's clean subset,
+exactly zero after the norm. The layers are the model's declared parts
+(:mod:`bdlib.models.contract`); a model without the chosen one is refused before any work
+with ``DefenseNotApplicable``. Clean accuracy is measured on the defender's clean subset,
 the only data a defender holds.
 """
 from __future__ import annotations
@@ -23,21 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models import contract
 from ..registry import check_choice, knob
 from ..training import predict
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune
 
 LAYERS = ("classifier", "last_conv")
-
-
-def _named(model: nn.Module, attr: str, kind: type) -> tuple[str, nn.Module]:
-    name = getattr(model, attr, None)
-    module = model.get_submodule(name) if name else None
-    if not isinstance(module, kind):
-        raise ValueError(f"Fine-Pruning needs a model that names its {attr} ({kind.__name__}); "
-                         f"{type(model).__name__} does not")
-    return name, module
 
 
 @torch.no_grad()
@@ -79,21 +73,21 @@ class FinePruning(Defense):
     def _targets(self, model):
         """(tensor, axis) pairs whose slices along ``axis`` belong to one unit."""
         if self.config.layer == "classifier":
-            name, lin = _named(model, "classifier", nn.Linear)
+            name, lin = contract.layer(model, "classifier", "Fine-Pruning", "layer='classifier' prunes its inputs")
             return name, lin, [(lin.weight, 1)]
-        name, conv = _named(model, "last_conv", nn.Conv2d)
+        name, conv = contract.layer(model, "last_conv", "Fine-Pruning",
+                                    "layer='last_conv' prunes its output channels; layer='classifier' may apply")
         targets = [(conv.weight, 0)] + ([(conv.bias, 0)] if conv.bias is not None else [])
-        norm_name = getattr(model, "last_conv_norm", None)
-        if norm_name:
-            norm = model.get_submodule(norm_name)
-            targets += [(norm.weight, 0), (norm.bias, 0)]
+        norm = contract.optional_layer(model, "last_conv_norm")
+        if norm is not None:
+            targets += [(norm[1].weight, 0), (norm[1].bias, 0)]
         return name, conv, targets
 
     @staticmethod
     def _mask(targets, units: list[int], n_units: int) -> list[torch.Tensor]:
         masks = []
         for tensor, axis in targets:
-            keep = torch.ones(n_units)
+            keep = torch.ones(n_units, device=tensor.device)
             keep[units] = 0
             shape = [1] * tensor.ndim
             shape[axis] = n_units

@@ -17,7 +17,9 @@ batches, maximising the cross-entropy against the model's *own* predictions (reg
 0.001·‖δ‖²), then projected onto an L2 ball of radius 10; (2) one pass of Adam over the
 clean batches takes hypergradient steps on θ, with δ added to a ``portion`` of each batch
 (the inner loss of Φ uses the first clean batch with its true labels, as in the original).
-The model stays in eval mode (BatchNorm statistics frozen), as in the original.
+The model stays in eval mode (BatchNorm statistics frozen), as in the original. δ and the
+per-batch carry mask live on the model's device; which clips carry δ is drawn on the CPU
+generator, so the selection is the same on every device.
 
 Units: the original's δ lives on CIFAR images standardised to unit variance, where lr 10
 and radius 10 (≈ 18 % of a typical image norm, √3072 ≈ 55) make sense. MFCC values have a
@@ -47,7 +49,7 @@ from tqdm import tqdm
 
 from ..training import batches
 from ..registry import Checked, knob
-from .base import CleanData, Defense
+from .base import CleanData, Defense, model_device
 
 
 @dataclass
@@ -102,11 +104,12 @@ class IBAU(Defense):
         """A universal u (input x + scale·u) that pushes clean clips away from the model's own
         predictions: ``pert_steps`` SGD steps over the clean batches, then the L2 projection."""
         c = self.config
-        delta = torch.zeros_like(clean.features[:1], requires_grad=True)
+        device = model_device(model)
+        delta = torch.zeros_like(clean.features[:1], device=device, requires_grad=True)
         opt = torch.optim.SGD([delta], lr=c.pert_lr)
         order = list(batches(len(clean), c.batch_size, gen))
         for step in range(c.pert_steps or len(order)):
-            x = clean.features[order[step % len(order)]]
+            x = clean.features[order[step % len(order)]].to(device)
             with torch.no_grad():
                 own = model(x).argmax(1)
             loss = -F.cross_entropy(model(x + scale * delta), own) + c.reg * delta.pow(2).sum()
@@ -124,7 +127,8 @@ class IBAU(Defense):
         model.eval()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=c.lr)
-        x0, y0 = clean.features[: c.batch_size], clean.labels[: c.batch_size]
+        device = model_device(model)
+        x0, y0 = clean.features[: c.batch_size].to(device), clean.labels[: c.batch_size].to(device)
         scale = float(clean.features.std()) if len(clean) > 1 else 1.0  # standardised units of δ
 
         def fp_map(delta):  # Φ(δ, θ): one ascent step on the inner objective (first batch, true labels)
@@ -137,10 +141,11 @@ class IBAU(Defense):
             delta = self._fit_perturbation(model, clean, scale, gen)
             norms.append(float(delta.norm()))
             for idx in batches(len(clean), c.batch_size, gen):
-                x, y = clean.features[idx], clean.labels[idx]
+                x, y = clean.features[idx].to(device), clean.labels[idx].to(device)
                 n_pert = max(1, int(len(idx) * c.portion))
                 carry = torch.zeros(len(idx), *([1] * (x.dim() - 1)))
-                carry[torch.randperm(len(idx), generator=gen)[:n_pert]] = 1.0
+                carry[torch.randperm(len(idx), generator=gen)[:n_pert]] = 1.0  # drawn on the CPU generator
+                carry = carry.to(device)
 
                 def outer_loss(d, x=x, y=y, carry=carry):
                     return F.cross_entropy(model(x + carry * scale * d), y)

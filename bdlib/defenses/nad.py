@@ -6,8 +6,9 @@ distillation, Σ_l β_l·‖A(F_s^l) − A(F_t^l)‖², where A(F) = normalize(m
 the spatial attention map of a block's output. Defaults follow BackdoorBench: teacher
 5-10 epochs of SGD lr 0.01, β = 500 / 1000 / 1000 on the last three blocks, p = 2.
 
-The distilled layers are the ones the model names in ``attention_layers`` (SmallCNN: the
-outputs of its three conv blocks); a model that names none is rejected.
+The distilled layers are the model's declared ``attention_layers`` (:mod:`bdlib.models.contract`;
+SmallCNN: the outputs of its three conv blocks), one beta each; a model that declares none,
+or a different number than there are betas, is refused with ``DefenseNotApplicable``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models import contract
 from ..registry import knob
 from .base import CleanData, Defense
 from .finetune import FinetuneKnobs, run_finetune, trainable
@@ -58,12 +60,11 @@ class NAD(Defense):
 
     def defend(self, model, clean: CleanData, progress: bool = True):
         c = self.config
-        layers = tuple(getattr(model, "attention_layers", ()))
-        if not layers:
-            raise ValueError(f"NAD distils attention maps of conv blocks; {type(model).__name__} names no "
-                             "attention_layers")
+        layers = tuple(contract.layers(model, "attention_layers", "NAD", "NAD distils attention maps of feature maps"))
         if len(c.betas) != len(layers):
-            raise ValueError(f"NAD got {len(c.betas)} betas for {len(layers)} attention layers {layers}")
+            raise contract.DefenseNotApplicable(
+                f"NAD cannot defend {type(model).__name__} with these knobs: it got {len(c.betas)} betas for "
+                f"{len(layers)} attention layers {layers}; pass one beta per layer (betas=...)")
         teacher = copy.deepcopy(model)
         run_finetune(teacher, clean, c, epochs=c.teacher_epochs, cosine=False, seed=self.seed, progress=progress,
                      desc="NAD teacher")

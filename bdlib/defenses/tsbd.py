@@ -28,9 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..metrics import accuracy
+from ..models.contract import DefenseNotApplicable
 from ..registry import knob
 from ..training import batches
-from .base import CleanData, Defense
+from .base import CleanData, Defense, model_device
 from .finetune import FinetuneKnobs, run_finetune
 from .gnft import approx_gradient
 
@@ -60,6 +61,7 @@ def clean_unlearn(model: nn.Module, clean: CleanData, lr: float, max_epochs: int
     (epochs, accuracy)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
+    device = model_device(model)
     floor = max(floor, float(np.bincount(clean.labels.numpy()).max() / len(clean)))
     acc = accuracy(model, clean.features, clean.labels.numpy())
     epoch = 0
@@ -69,7 +71,8 @@ def clean_unlearn(model: nn.Module, clean: CleanData, lr: float, max_epochs: int
             if len(idx) < 2:
                 continue
             opt.zero_grad(set_to_none=True)
-            (-F.cross_entropy(model(clean.features[idx]), clean.labels[idx])).backward()
+            x, y = clean.features[idx].to(device), clean.labels[idx].to(device)
+            (-F.cross_entropy(model(x), y)).backward()
             opt.step()
         epoch += 1
         acc = accuracy(model, clean.features, clean.labels.numpy())
@@ -92,7 +95,8 @@ class TSBD(Defense):
         c = self.config
         convs = conv_layers(model)
         if not convs:
-            raise ValueError(f"TSBD ranks convolutional neurons; {type(model).__name__} has no nn.Conv2d layer")
+            raise DefenseNotApplicable(f"TSBD cannot defend {type(model).__name__}: it has no nn.Conv2d layer "
+                                       "(TSBD ranks and zeroes convolutional neurons)")
         torch.manual_seed(self.seed)
         unlearned = copy.deepcopy(model)
         epochs, acc = clean_unlearn(unlearned, clean, c.unlearn_lr, c.unlearn_max_epochs, c.unlearn_floor,

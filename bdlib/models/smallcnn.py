@@ -5,6 +5,8 @@ max-pool (the order of the authors' code), dropout 0.4, FC 128, dropout 0.5, FC 
 The input is an MFCC map (N, 1, frames, coefficients); the flatten size is derived from
 ``input_shape`` so the same class serves 101×40 (16 kHz) and 100×40 (44.1 kHz) inputs.
 Returns logits (the authors' log-softmax is folded into the cross-entropy loss).
+Parameters at 101×40, 10 classes: 419,946 (the authors' ``smallcnn`` in
+quantum-bitss/Audio-Backdoor-Attack ``utils/models.py``, lines 17-65 at commit 774e5aff).
 """
 from __future__ import annotations
 
@@ -14,13 +16,12 @@ import torch.nn.functional as F
 
 
 class SmallCNN(nn.Module):
-    #: name of the last convolution, used by pruning defenses (Fine-Pruning, CLP)
+    # the parts defenses use (bdlib.models.contract.DefendableModel)
     last_conv = "conv3"
-    #: the BatchNorm that follows it (conv -> ReLU -> BN), zeroed with a pruned channel
-    last_conv_norm = "bn3"
-    #: block outputs whose attention maps NAD distils
-    attention_layers = ("pool1", "pool2", "pool3")
-    #: the final linear layer; its input is the "penultimate" representation
+    last_conv_norm = "bn3"  # conv -> ReLU -> BN: zeroed with a pruned channel
+    attention_layers = ("pool1", "pool2", "pool3")  # the three conv blocks' outputs (NAD)
+    norm_layers = ("bn1", "bn2", "bn3")  # ANP
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # CLP
     classifier = "fc2"
 
     def __init__(self, input_shape: tuple[int, int] = (101, 40), num_classes: int = 10):
