@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,7 @@ import pandas as pd
 
 from . import keys
 from .defenses import CleanData, make_defense
+from .fingerprint import code_fingerprint
 from .registry import Checked, check_choice, knob
 from .store import provenance
 from .study import matched_ft_knobs, mean_sd
@@ -129,7 +131,7 @@ def budget_curve(exp, spec: CurveSpec, progress: bool = True) -> dict:
     spe = steps_per_epoch(spec.n_clean, batch_size)
     at_epoch = spec.epochs(batch_size)
     cfg = keys.budget_curve_key(rec["config"], name, knobs, spec.n_clean, exp.profile.clean_fraction, spec.seed,
-                                at_epoch)
+                                at_epoch, code_fingerprint(sys.modules[__name__]))
 
     def load():
         return {"config": cfg, "metrics": exp.store.load_metrics("budget_curves", cfg)}

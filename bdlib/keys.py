@@ -112,12 +112,11 @@ def defense_key(victim: dict, defense: str, knobs: dict, clean_fraction: float, 
 
 
 def budget_curve_key(victim: dict, defense: str, knobs: dict, n_clean: int, clean_fraction: float, seed: int,
-                     eval_epochs: list[int]) -> dict:
+                     eval_epochs: list[int], curve_code: str) -> dict:
     """One budget curve (:mod:`bdlib.budget`): a fine-tuning run on ``n_clean`` clips of the
-    defender's ``clean_fraction`` pool, evaluated at the end of ``eval_epochs``."""
-    import importlib
-
+    defender's ``clean_fraction`` pool, evaluated at the end of ``eval_epochs``; ``curve_code`` is
+    the fingerprint of the module that runs it (passed in: keys does not import its callers)."""
     return {"victim": victim, "defense": defense, "defense_knobs": knobs, "n_clean": n_clean,
             "clean_fraction": clean_fraction, "seed": seed, "eval_epochs": list(eval_epochs),
-            "code": code_fingerprint(*component_modules(DEFENSES.get(defense)), *_pipeline_modules(),
-                                     importlib.import_module("bdlib.budget"))}
+            "code": code_fingerprint(*component_modules(DEFENSES.get(defense)), *_pipeline_modules()) + "-"
+                    + curve_code}

@@ -50,6 +50,17 @@ MODES = ("train", "eval")
 UNIT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def unit_layers(model: nn.Module) -> tuple[str, ...]:
+    """The layers whose units can be observed in any registered model: every convolution and
+    linear layer, in module order, except the classifier the model declares
+    (:class:`bdlib.models.contract.DefendableModel`; its outputs are logits, not units). For
+    SmallCNN this is :data:`SMALLCNN_LAYERS`. :func:`unit_activations` takes a unit's activation
+    after a ReLU, as SmallCNN and the CNNs apply one; for a layer that feeds something else (an
+    LSTM model's projections) the activation classes are only indicative."""
+    head = model.classifier  # declared by every model (the contract)
+    return tuple(name for name, m in model.named_modules() if isinstance(m, UNIT_MODULES) and name != head)
+
+
 def unit_module(model: nn.Module, name: str) -> nn.Module:
     """The module ``name`` of ``model``, checked to be a layer with units (conv or linear)."""
     modules = dict(model.named_modules())

@@ -225,3 +225,17 @@ def test_observation_table_adds_more_classes_per_unit():
     with pytest.raises(ValueError, match="has 2 labels for 3 units"):
         observation_table("toy", {"victim": victim}, ["conv"], x, x, x, torch.tensor([0, 1, 0, 1]),
                           more_classes={"class_lc": {"conv": lc["conv"][:2]}})
+
+
+def test_unit_layers_come_from_the_model_and_leave_out_its_classifier():
+    from bdlib.models import MODELS, build_model
+    from bdlib.observation import unit_layers
+
+    assert unit_layers(build_model("smallcnn", (101, 40), 10)) == SMALLCNN_LAYERS
+    for name in MODELS.names():
+        net = build_model(name, (101, 40), 10)
+        found = unit_layers(net)
+        assert net.classifier not in found, name
+        if name in ("smallcnn", "largecnn", "resnet"):  # the CNNs have hidden conv/linear units
+            assert len(found) >= 3, (name, found)
+        assert all(isinstance(net.get_submodule(n), (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)) for n in found)
