@@ -151,7 +151,7 @@ def test_embedded_options_sizes_and_default_root(tmp_path):
     src = make_source("embedded", tmp_path, size="paper", speakers_test=9, seed=4)
     assert src.folder_name == "embedded-1200-150-9-t2-seed4" and src.root == tmp_path / src.folder_name
     assert EMBEDDED_SIZES["paper"] == (1200, 150, 250, 2)
-    with pytest.raises(ValueError, match="unknown embedded size 'huge'; valid: smoke, default, paper"):
+    with pytest.raises(ValueError, match="unknown embedded size 'huge'; valid: smoke, default, budget, paper"):
         make_source("embedded", tmp_path, size="huge")
     with pytest.raises(UnknownNameError, match="'speakers'.*valid options: size, speakers_train"):
         make_source("embedded", tmp_path, speakers=3)

@@ -40,7 +40,7 @@ def test_config_key_is_order_independent():
 
 
 def test_unknown_profile_lists_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid profiles: default, paper, smoke"):
+    with pytest.raises(UnknownNameError, match="valid profiles: budget, default, paper, smoke"):
         get_profile("fast")
     assert get_profile("smoke", train_epochs=1).train_epochs == 1
     with pytest.raises(UnknownNameError, match="'epochs'"):
@@ -50,7 +50,7 @@ def test_unknown_profile_lists_valid_ones():
 def test_cli_rejects_unknown_profile():
     proc = subprocess.run([sys.executable, "-m", "bdlib", "run", "--profile", "fast"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "unknown profile 'fast'; valid profiles: default, paper, smoke" in proc.stderr
+    assert "unknown profile 'fast'; valid profiles: budget, default, paper, smoke" in proc.stderr
 
 
 def test_defense_notebooks_cover_the_profiles_victims():
