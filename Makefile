@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.bdlib-installed
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: venv reproduce test smoke bench clean-data
+.PHONY: venv reproduce test smoke figures bench clean-data
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "bdlib needs Python 3.11, found " + sys.version.split()[0]'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'  # .pyc written on first import, only for what is used
 	$(PY) -m ipykernel install --sys-prefix --name bdlib --display-name "Python 3.11 (bdlib)" \
 		--env MALLOC_MMAP_MAX_ $(MALLOC_MMAP_MAX_) --env MALLOC_TRIM_THRESHOLD_ $(MALLOC_TRIM_THRESHOLD_)
 	touch $(STAMP)
@@ -26,12 +26,20 @@ venv: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m bdlib run --profile $(PROFILE) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
-## unit tests + nbval over every notebook under the smoke profile
+## unit tests + nbval over every notebook under the smoke profile, on TEST_WORKERS processes
+## (pytest-xdist; one torch thread each, so 2 workers fill CI's 2 cores without oversubscribing;
+## --dist loadfile keeps each test file and each notebook's cells on one worker, in order)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	BDLIB_PROFILE=smoke $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks
+	BDLIB_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		tests --nbval-lax --nbval-current-env notebooks
 
 smoke: $(STAMP)
 	$(PY) -m bdlib run --profile smoke
+
+## redraw every figure in figures/ from the CSV next to it (PNG + PDF; no training, well under a minute)
+figures: $(STAMP)
+	$(PY) -m bdlib figures
 
 ## cost benchmarks (timings are machine-dependent: a script, not a test)
 bench: $(STAMP)

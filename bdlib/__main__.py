@@ -4,12 +4,15 @@
     python -m bdlib study --profile default [--serial] [--seeds 0 1 2] [--device cuda]
     python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
     python -m bdlib store verify [--kind K] [--remove] | store remove KIND KEY
+    python -m bdlib figures [--folder PATH] [--strict]
 
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
 ``--device`` (default ``$BDLIB_DEVICE``, else CUDA when present) is where models run; the
 stored results do not depend on it (bdlib/device.py says what does and does not stay
 bit-identical across devices).
+``figures`` redraws every figure of ``figures/`` (or ``--folder``) from the CSV saved next to
+it, without training anything, and lists the PNGs it cannot redraw (bdlib/figures.py).
 """
 from __future__ import annotations
 
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     remove = store_sub.add_parser("remove", help="remove one entry")
     remove.add_argument("kind")
     remove.add_argument("key")
+    figs = sub.add_parser("figures", help="redraw every figure from its CSV (PNG + PDF; no training) and list the "
+                                          "PNGs that have no CSV or no drawer")
+    figs.add_argument("--folder", type=Path, help="the figures folder (default: the repository's figures/)")
+    figs.add_argument("--strict", action="store_true", help="exit 1 when a PNG in the folder cannot be redrawn")
     args = parser.parse_args(argv)
     try:
         import re
@@ -130,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "store":
             return _store(args)
+        if args.cmd == "figures":
+            return _figures(args)
     except (UnknownNameError, ValueError, TypeError, FileNotFoundError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -154,6 +163,21 @@ def _store(args) -> int:
     left = [] if args.remove else problems
     print(f"{len(problems)} problem(s) in {store.root}" + (", removed" if args.remove and problems else ""))
     return 1 if left else 0
+
+
+def _figures(args) -> int:
+    import time
+
+    import matplotlib
+
+    t0 = time.perf_counter()
+    matplotlib.use("Agg")  # files only: no display needed
+    from .figures import redraw
+    from .paths import REPO_ROOT
+
+    report = redraw(args.folder or REPO_ROOT / "figures")
+    print(f"figures redrawn in {time.perf_counter() - t0:.1f} s")
+    return 1 if args.strict and (report.no_csv or report.no_drawer) else 0
 
 
 def _study(args, seeds: list[int]) -> None:

@@ -2,17 +2,22 @@
 
 Why a helper for saving: every figure must land in ``figures/`` under a stable name, but
 only runs of the ``default`` profile (the committed results) may overwrite those;
-smoke/paper runs write to ``data/figures/<profile>/`` instead.
+smoke/paper runs write to ``data/figures/<profile>/`` instead. Figures whose data is a
+table are drawn by :mod:`bdlib.figures` from the CSV saved next to them (so ``python -m
+bdlib figures`` can redraw them); the audio figures here are saved as pictures only.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from .paths import REPO_ROOT, data_root
+
+if TYPE_CHECKING:  # a tensor is drawn through numpy: no torch import for the figures
+    import torch
 
 
 def figure_path(name: str, profile: str, dataset: str = "embedded") -> Path:
@@ -46,7 +51,7 @@ def wave_and_spectrogram(axes, wave: np.ndarray, sr: int, title: str, max_hz: fl
         axes[1].set_ylim(0, max_hz)
 
 
-def mfcc_map(ax, feats: torch.Tensor, title: str) -> None:
+def mfcc_map(ax, feats: torch.Tensor | np.ndarray, title: str) -> None:
     """An MFCC map (frames × coefficients) drawn coefficients-up, time-right."""
     im = ax.imshow(np.asarray(feats).squeeze().T, origin="lower", aspect="auto", cmap="viridis")
     ax.set(title=title, xlabel="frame", ylabel="MFCC coefficient")
@@ -67,14 +72,11 @@ def trigger_panels(clean: np.ndarray, triggered: np.ndarray, sr: int, trigger: n
 
 def asr_before_after(table, name: str, profile: str, dataset: str = "embedded"):
     """Bar chart of ASR before → after per attack (one panel per defense), as every defense
-    notebook shows it; saved to ``figures/<name>``."""
-    import seaborn as sns
+    notebook shows it: its columns saved as ``<name>.csv`` and drawn from that file by
+    :func:`bdlib.figures.asr_before_after` (``<name>.png`` and ``.pdf``, see :func:`figure_path`).
+    Returns the figure."""
+    from . import figures
 
-    long = table.melt(id_vars=["attack", "defense"], value_vars=["asr_before", "asr_after"], var_name="when",
-                      value_name="ASR")
-    g = sns.catplot(data=long, x="attack", y="ASR", hue="when", col="defense", kind="bar", height=3.5,
-                    aspect=max(1.2, 0.3 * long.attack.nunique()))
-    g.set(ylim=(0, 1))
-    g.tick_params(axis="x", rotation=30)
-    save_figure(g.figure, name, profile, dataset)
-    return g
+    cols = [c for c in ("attack", "model", "defense", "acc_before", "asr_before", "acc_after", "asr_after")
+            if c in table.columns]
+    return figures.publish(name, table[cols], profile, dataset)

@@ -1,0 +1,323 @@
+"""Figures drawn from tables, saved with the table they are drawn from.
+
+Why: a figure should be redrawable -- restyled, fixed, regenerated on a fresh clone -- without
+the hours of training behind it, and every number in it should be checkable. So a figure
+whose data is a table is never drawn from a notebook's objects in memory: :func:`publish`
+writes the table as ``<name>.csv``, reads that file back and draws from what it read, then
+saves ``<name>.png`` (dpi 120, as :func:`bdlib.plots.save_figure`) and ``<name>.pdf`` next to
+it. A drawer sees only the columns it declares (:class:`Drawer`), so the picture depends on
+the CSV and on nothing else. ``python -m bdlib figures`` (``make figures``) redraws every
+registered figure in ``figures/`` from its CSV (:func:`redraw`), and lists the PNGs it
+cannot redraw: figures of audio (waveforms, spectrograms, MFCC maps), and tables not moved
+here yet.
+
+One registry line per figure name (``FIGURES``); several names may share a drawer (every
+defense notebook's ASR bars). Files land where :func:`bdlib.plots.figure_path` puts them:
+``figures/`` only for the default profile on the embedded data.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .registry import Registry
+
+
+class FigureDataError(ValueError):
+    """A figure's CSV does not fit its drawer (a missing column, several rows in one cell)."""
+
+
+@dataclass(frozen=True)
+class Drawer:
+    """How one figure is drawn from its table: ``draw(frame) -> matplotlib Figure``, where
+    ``frame`` holds exactly ``columns`` plus whichever of ``optional`` the CSV has."""
+
+    draw: Callable[[pd.DataFrame], object]
+    columns: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    about: str = ""
+
+    def select(self, frame: pd.DataFrame, name: str) -> pd.DataFrame:
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise FigureDataError(f"figure {name!r} needs column(s) {', '.join(missing)}; the table has "
+                                  f"{', '.join(map(str, frame.columns)) or 'none'}")
+        return frame.loc[:, list(self.columns) + [c for c in self.optional if c in frame.columns]]
+
+
+FIGURES: Registry[Drawer] = Registry("figure")
+
+
+def draw(name: str, frame: pd.DataFrame):
+    """The figure ``name`` drawn from ``frame`` (only its declared columns reach the drawer)."""
+    drawer = FIGURES.get(name)
+    return drawer.draw(drawer.select(frame, name))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A figure's CSV as the drawers read it (plain ``pandas.read_csv``)."""
+    return pd.read_csv(path)
+
+
+FORMATS = ("png", "pdf")
+
+
+def _save(fig, folder: Path, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = folder / f"{name}.{fmt}"
+        if fmt == "png":
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        elif fmt == "pdf":  # no timestamp: a redraw of the same CSV gives the same bytes
+            fig.savefig(path, bbox_inches="tight", metadata={"CreationDate": None})
+        else:
+            raise ValueError(f"unknown figure format {fmt!r}; valid: {', '.join(FORMATS)}")
+        paths.append(path)
+    return paths
+
+
+def _shown(path: Path) -> str:
+    from .paths import REPO_ROOT
+
+    return str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+
+
+def publish(name: str, frame: pd.DataFrame, profile: str, dataset: str = "embedded"):
+    """Write ``frame`` as ``<name>.csv``, draw figure ``name`` from the CSV read back, save it
+    as ``<name>.png`` and ``<name>.pdf`` in the folder :func:`bdlib.plots.figure_path` picks,
+    say where, and return the figure (left open, so a notebook shows it)."""
+    from .plots import figure_path
+
+    FIGURES.get(name).select(frame, name)  # a wrong name or a missing column fails before anything is written
+    folder = figure_path(name, profile, dataset).parent
+    csv = folder / f"{name}.csv"
+    frame.to_csv(csv, index=False)
+    fig = draw(name, read_table(csv))
+    png, pdf = _save(fig, folder, name)
+    print(f"figure saved: {_shown(png)} (+ {pdf.name}), drawn from {csv.name} ({len(frame)} rows)")
+    return fig
+
+
+@dataclass
+class RedrawReport:
+    """What :func:`redraw` did in one folder: figures redrawn (name -> seconds), PNGs with no
+    CSV, PNGs whose CSV has no registered drawer, and CSVs that are tables, not figures."""
+
+    folder: Path
+    redrawn: dict[str, float] = field(default_factory=dict)
+    no_csv: list[str] = field(default_factory=list)
+    no_drawer: list[str] = field(default_factory=list)
+    tables_only: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"redrew {len(self.redrawn)} figure(s) in {_shown(self.folder)} from their CSV: "
+               + (", ".join(f"{n} ({s:.1f} s)" for n, s in self.redrawn.items()) or "none")]
+        if self.no_csv:
+            out.append(f"{len(self.no_csv)} PNG(s) with no CSV (not redrawn): {', '.join(self.no_csv)}")
+        if self.no_drawer:
+            out.append(f"{len(self.no_drawer)} PNG(s) whose CSV has no registered drawer (not redrawn): "
+                       f"{', '.join(self.no_drawer)}")
+        if self.tables_only:
+            out.append(f"CSV tables with no figure: {', '.join(self.tables_only)}")
+        return out
+
+
+def redraw(folder: Path | str, verbose: bool = True, formats: tuple[str, ...] = FORMATS) -> RedrawReport:
+    """Redraw every ``<name>.csv`` in ``folder`` that has a registered drawer as ``<name>.png``
+    and ``<name>.pdf`` (``formats``); report (and, if ``verbose``, print) the PNGs it could not
+    redraw."""
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no figures folder {folder}")
+    report = RedrawReport(folder)
+    csvs = {p.stem: p for p in sorted(folder.glob("*.csv"))}
+    for name, csv in csvs.items():
+        if name not in FIGURES:
+            (report.no_drawer if (folder / f"{name}.png").exists() else report.tables_only).append(name)
+            continue
+        t0 = time.perf_counter()
+        try:
+            fig = draw(name, read_table(csv))
+        except (ValueError, KeyError, TypeError) as exc:  # a CSV that does not fit its drawer: name the file
+            raise FigureDataError(f"{_shown(csv)}: {exc}") from exc
+        _save(fig, folder, name, formats)
+        plt.close(fig)
+        report.redrawn[name] = time.perf_counter() - t0
+    report.no_csv = [p.stem for p in sorted(folder.glob("*.png")) if p.stem not in csvs]
+    if verbose:
+        print("\n".join(report.lines()))
+    return report
+
+
+# --- the drawers ---------------------------------------------------------------------------
+
+#: unit classes in plot order: bdlib.observation.CLASSES (a test checks they agree; importing
+#: bdlib.observation here would pull torch into every redraw)
+UNIT_CLASSES = ("backdoor", "hybrid", "clean", "dormant")
+STAGES = ("victim", "after FT", "after GN-FT")
+
+
+def _in_order(values: pd.Series, preferred: tuple = ()) -> list:
+    """The distinct values of a column: those of ``preferred`` first, in its order, then the
+    rest in order of first appearance (the order the notebook wrote its rows in)."""
+    seen = list(pd.unique(values.dropna()))
+    return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
+
+
+def _one_row_per_cell(frame: pd.DataFrame, cell: list[str], name: str) -> None:
+    """Refuse a table where several rows share a cell of the figure (a knob sweep, several
+    models or seeds): never average or pick one silently."""
+    dup = frame.duplicated(cell, keep=False)
+    if dup.any():
+        first = frame[dup].iloc[0][cell].to_dict()
+        raise FigureDataError(f"figure {name!r}: {int(dup.sum())} rows share a cell of {cell} (e.g. {first}); "
+                              "filter or aggregate the table before publishing it")
+
+
+def _same_per(frame: pd.DataFrame, by: str, columns: list[str], name: str) -> pd.DataFrame:
+    """One value of each of ``columns`` per ``by`` (the victim's before-metrics per attack)."""
+    varying = [c for c in columns if frame.groupby(by)[c].nunique(dropna=False).gt(1).any()]
+    if varying:
+        raise FigureDataError(f"figure {name!r}: {', '.join(varying)} differ within one {by} "
+                              "(two victims in one table?)")
+    return frame.groupby(by, sort=False)[columns].first()
+
+
+def observation_gradients(frame: pd.DataFrame):
+    """Per-unit clean-loss gradient norm by unit class (box plots, log scale): rows attacks,
+    columns layers, hue the stage. Units with a zero gradient are left off the log axis."""
+    import seaborn as sns
+
+    shown = frame[frame.grad_norm > 0].astype({"class": str})
+    g = sns.catplot(data=shown, x="class", y="grad_norm", hue="stage", row="attack", col="layer", kind="box",
+                    order=list(UNIT_CLASSES), hue_order=_in_order(frame.stage, STAGES),
+                    row_order=_in_order(frame.attack), col_order=_in_order(frame.layer), log_scale=True,
+                    sharey=False, height=2.3, aspect=1.15, fliersize=1.5, linewidth=0.6, margin_titles=True)
+    g.set_axis_labels("", "‖∂L_clean/∂θ_unit‖")
+    g.set_titles(row_template="{row_name}", col_template="{col_name}")
+    g.tick_params(axis="x", rotation=30)
+    return g.figure
+
+
+def budget_curves(frame: pd.DataFrame):
+    """ASR (solid) and ACC (dashed) against fine-tuning steps, mean ± sd over seeds; columns
+    clean-clip budgets, rows attack × learning rate; FT blue, GN-FT red; the ASR bar dotted
+    (column ``asr_bar``, when the table has it). Rows that differ in anything but the seed
+    within one (attack, lr, n_clean, method, step) are refused."""
+    import matplotlib.pyplot as plt
+
+    name = "41_budget_curves"
+    curve = ["attack", "lr", "n_clean", "method", "step"]
+    _one_row_per_cell(frame, curve + ["seed"], name)
+    s = frame.groupby(curve)[["asr", "acc"]].agg(["mean", "std"])
+    s.columns = [f"{m}_{'sd' if stat == 'std' else stat}" for m, stat in s.columns]
+    s = s.reset_index()
+    panels = list(s[["attack", "lr"]].drop_duplicates().sort_values(["attack", "lr"]).itertuples(index=False))
+    ns = sorted(s.n_clean.unique())
+    colours = {"ft": "tab:blue", "gnft": "tab:red"}
+    colours.update({m: f"C{2 + i}" for i, m in enumerate(x for x in _in_order(s.method) if x not in colours)})
+    bars = frame["asr_bar"].dropna().unique() if "asr_bar" in frame else []
+    if len(bars) > 1:
+        raise FigureDataError(f"figure {name!r}: several ASR bars in one table: {sorted(bars)}")
+    fig, axes = plt.subplots(len(panels), len(ns), figsize=(3.6 * len(ns), 2.6 * len(panels)), squeeze=False,
+                             sharey=True)
+    for i, (attack, lr) in enumerate(panels):
+        for j, n in enumerate(ns):
+            ax = axes[i][j]
+            for method, c in colours.items():
+                d = s[(s.attack == attack) & (s.lr == lr) & (s.n_clean == n) & (s.method == method)].sort_values("step")
+                for m, ls in (("asr", "-"), ("acc", "--")):
+                    ax.plot(d.step, d[f"{m}_mean"], ls, c=c, label=f"{method} {m.upper()}" if i == j == 0 else None)
+                    sd = d[f"{m}_sd"].fillna(0)
+                    ax.fill_between(d.step, d[f"{m}_mean"] - sd, d[f"{m}_mean"] + sd, color=c, alpha=0.15)
+            if len(bars):
+                ax.axhline(float(bars[0]), ls=":", c="k", lw=1)
+            ax.set_xscale("symlog", linthresh=10)  # step 0 (the victim) stays on the axis
+            ax.set(ylim=(0, 1.02), title=f"{attack}, lr {lr:g}, n={n}",
+                   xlabel="steps" if i == len(panels) - 1 else None)
+    fig.legend(loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def defense_grid(frame: pd.DataFrame):
+    """Heatmaps of ASR after, ACC after and DER, defense × attack, with the undefended victim
+    (``none``) as the first row of ASR and ACC; one run per (defense, attack) cell."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    name = "90_defense_grid"
+    _one_row_per_cell(frame, ["defense", "attack"], name)
+    grid = {m: frame.pivot(index="defense", columns="attack", values=v)
+            for m, v in (("asr", "asr_after"), ("acc", "acc_after"), ("der", "der"))}
+    before = _same_per(frame, "attack", ["asr_before", "acc_before"], name)
+    grid["asr"].loc["none"], grid["acc"].loc["none"] = before.asr_before, before.acc_before
+    order = ["none"] + sorted(d for d in grid["asr"].index if d != "none")
+    fig, axes = plt.subplots(1, 3, figsize=(20, 5.5))
+    for ax, (m, title, cmap) in zip(axes, [("asr", "ASR after", "rocket_r"), ("acc", "ACC after", "mako"),
+                                           ("der", "DER", "viridis")]):
+        data = grid[m].reindex([d for d in order if d in grid[m].index])
+        sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, ax=ax, cbar=False).set(title=title)
+    fig.tight_layout()
+    return fig
+
+
+def attack_bars(frame: pd.DataFrame):
+    """ACC and ASR of every undefended victim (bars; a 44.1 kHz victim is labelled so), with
+    the 90 % ASR bar dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    lab = frame.attack + frame.sample_rate.map(lambda sr: "" if sr == 16000 else f" ({sr / 1000:.1f} kHz)")
+    x = range(len(frame))
+    ax.bar([i - 0.2 for i in x], frame.acc, 0.4, label="ACC")
+    ax.bar([i + 0.2 for i in x], frame.asr, 0.4, label="ASR")
+    ax.set_xticks(list(x), lab, rotation=30, ha="right")
+    ax.axhline(0.9, ls="--", c="k", lw=1)
+    ax.set(ylim=(0, 1.05), title="undefended victims")
+    ax.legend(loc="lower left")
+    return fig
+
+
+def asr_before_after(frame: pd.DataFrame):
+    """ASR before → after per attack (bars), one panel per defense: every defense notebook's
+    figure (:func:`bdlib.plots.asr_before_after` publishes it)."""
+    import seaborn as sns
+
+    long = frame.melt(id_vars=["attack", "defense"], value_vars=["asr_before", "asr_after"], var_name="when",
+                      value_name="ASR")
+    g = sns.catplot(data=long, x="attack", y="ASR", hue="when", col="defense", kind="bar", height=3.5,
+                    aspect=max(1.2, 0.3 * long.attack.nunique()))
+    g.set(ylim=(0, 1))
+    g.tick_params(axis="x", rotation=30)
+    return g.figure
+
+
+FIGURES.add("31_observation_gradients", Drawer(
+    observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"),
+    about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
+FIGURES.add("41_budget_curves", Drawer(
+    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar",),
+    about="notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds"))
+FIGURES.add("90_defense_grid", Drawer(
+    defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"),
+    about="notebook 90: ASR, ACC and DER after every defense against every attack"))
+FIGURES.add("90_attacks", Drawer(
+    attack_bars, ("attack", "sample_rate", "acc", "asr"),
+    about="notebook 90: ACC and ASR of every undefended victim"))
+#: the defense notebooks' ASR bars (bdlib.plots.asr_before_after), one name each
+DEFENSE_ASR_FIGURES = ("20_ft_asr", "21_gnft_asr", "22_fp_asr", "23_ftsam_asr", "24_clp_asr", "25_nad_asr",
+                       "26_tsbd_asr", "27_anp_asr", "28_ibau_asr")
+for _name in DEFENSE_ASR_FIGURES:
+    FIGURES.add(_name, Drawer(asr_before_after, ("attack", "defense", "asr_before", "asr_after"),
+                              about=f"notebook {_name[:2]}: ASR before and after the defense, per attack"))
+del _name
+
+__all__ = ["DEFENSE_ASR_FIGURES", "Drawer", "FIGURES", "FORMATS", "FigureDataError", "RedrawReport", "draw", "publish",
+           "read_table", "redraw"]

@@ -1,0 +1,197 @@
+"""Figures drawn from their CSV (bdlib/figures.py): every drawer, publish, redraw, the CLI, and
+the committed figures/ redrawn as on a fresh clone."""
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from bdlib import figures  # noqa: E402
+from bdlib.__main__ import main  # noqa: E402
+from bdlib.figures import FIGURES, FigureDataError  # noqa: E402
+from bdlib.paths import REPO_ROOT  # noqa: E402
+from bdlib.registry import UnknownNameError  # noqa: E402
+
+COMMITTED = REPO_ROOT / "figures"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _observation() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [{"attack": "badnets", "stage": s, "layer": "fc1", "class": c, "grad_norm": float(rng.uniform(1e-4, 1e-1))}
+            for s in ("victim", "after FT", "after GN-FT") for c in ("backdoor", "hybrid", "clean", "dormant")
+            for _ in range(3)]
+    rows[0]["grad_norm"] = 0.0  # a dead unit: left off the log axis
+    return pd.DataFrame(rows)
+
+
+def _budget() -> pd.DataFrame:
+    rows = [{"attack": "badnets", "lr": lr, "n_clean": n, "method": m, "step": st, "seed": sd,
+             "asr": 1.0 - 0.01 * st * (sd + 1), "acc": 0.5 + 0.01 * st, "asr_bar": 0.2}
+            for lr in (1e-3, 1e-2) for n in (8, 16) for m in ("ft", "gnft") for st in (0, 2, 5) for sd in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def _defense_grid() -> pd.DataFrame:
+    before = {"badnets": (1.0, 0.9), "blended": (0.98, 0.92)}
+    return pd.DataFrame([{"defense": d, "attack": a, "asr_before": before[a][0], "acc_before": before[a][1],
+                          "asr_after": 0.5, "acc_after": 0.8, "der": 0.7}
+                         for d in ("ft", "gnft-approx") for a in before])
+
+
+def _attacks() -> pd.DataFrame:
+    return pd.DataFrame({"attack": ["badnets", "ultrasonic"], "sample_rate": [16000, 44100], "acc": [0.9, 0.88],
+                         "asr": [1.0, 0.97]})
+
+
+def _asr_bars() -> pd.DataFrame:
+    return pd.DataFrame({"attack": ["badnets", "blended"], "defense": ["ft", "ft"], "asr_before": [1.0, 0.99],
+                         "asr_after": [0.9, 0.3]})
+
+
+#: a small table with exactly the documented columns, per drawer
+EXAMPLES = {figures.observation_gradients: _observation, figures.budget_curves: _budget,
+            figures.defense_grid: _defense_grid, figures.attack_bars: _attacks, figures.asr_before_after: _asr_bars}
+DRAWERS = {FIGURES.get(n).draw: n for n in FIGURES.names()}  # one registered name per drawer
+
+
+def test_every_drawer_has_an_example_and_the_unit_classes_match_observation():
+    from bdlib.observation import CLASSES
+
+    assert set(DRAWERS) == set(EXAMPLES), "add a synthetic table to EXAMPLES for each new drawer"
+    assert figures.UNIT_CLASSES == CLASSES
+    assert set(figures.DEFENSE_ASR_FIGURES) <= set(FIGURES.names())
+
+
+@pytest.mark.parametrize("name", sorted(DRAWERS.values()))
+def test_every_drawer_draws_from_a_synthetic_csv_with_its_documented_columns(name, tmp_path):
+    drawer = FIGURES.get(name)
+    frame = EXAMPLES[drawer.draw]()
+    assert set(frame.columns) == set(drawer.columns) | set(drawer.optional)
+    frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    fig = figures.draw(name, figures.read_table(tmp_path / f"{name}.csv"))
+    assert isinstance(fig, Figure) and fig.axes
+    with pytest.raises(FigureDataError, match=drawer.columns[0]):
+        figures.draw(name, frame.drop(columns=drawer.columns[0]))
+
+
+def test_a_drawer_sees_only_its_columns_and_refuses_to_average_silently():
+    seen = []
+    drawer = figures.Drawer(lambda f: seen.append(list(f.columns)), ("a",), optional=("b",))
+    drawer.draw(drawer.select(pd.DataFrame({"a": [1], "b": [2], "c": [3]}), "x"))
+    assert seen == [["a", "b"]]
+    two_models = pd.concat([_budget(), _budget()], ignore_index=True)  # same seed twice in every curve cell
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("41_budget_curves", two_models)
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("90_defense_grid", pd.concat([_defense_grid()] * 2))
+
+
+def test_publish_writes_the_csv_and_draws_from_it_read_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path))
+    calls = []
+    real_draw = figures.draw
+    monkeypatch.setattr(figures, "draw", lambda name, frame: calls.append(frame) or real_draw(name, frame))
+    frame = _attacks().assign(attack_knobs='{"k": 1}')  # extra columns are kept in the CSV
+    fig = figures.publish("90_attacks", frame, "smoke")
+    folder = tmp_path / "figures" / "smoke"
+    assert isinstance(fig, Figure)
+    assert sorted(p.name for p in folder.iterdir()) == ["90_attacks.csv", "90_attacks.pdf", "90_attacks.png"]
+    written = pd.read_csv(folder / "90_attacks.csv")
+    pd.testing.assert_frame_equal(written, frame)
+    assert len(calls) == 1 and calls[0].equals(written)  # drawn from the file, not from `frame`
+    assert "90_attacks.png" in capsys.readouterr().out
+    figures.publish("90_attacks", frame, "default", dataset="folder")  # another data source: its own folder
+    assert (tmp_path / "figures" / "default-folder" / "90_attacks.png").exists()
+    with pytest.raises(UnknownNameError, match="90_attacks"):
+        figures.publish("no_such_figure", frame, "smoke")
+    with pytest.raises(FigureDataError, match="asr"):
+        figures.publish("27_anp_asr", frame, "smoke")  # checked before anything is written
+    assert not (folder / "27_anp_asr.csv").exists()
+
+
+def test_plots_asr_before_after_publishes_its_csv(tmp_path, monkeypatch):
+    from bdlib import plots
+
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path))
+    table = _asr_bars().assign(model="smallcnn", acc_before=0.9, acc_after=0.8, defense_knobs="{}", time_s=1.0)
+    plots.asr_before_after(table, "20_ft_asr", "smoke")
+    written = pd.read_csv(tmp_path / "figures" / "smoke" / "20_ft_asr.csv")
+    assert list(written.columns) == ["attack", "model", "defense", "acc_before", "asr_before", "acc_after", "asr_after"]
+    assert (tmp_path / "figures" / "smoke" / "20_ft_asr.png").exists()
+
+
+def _figure_folder(tmp_path):
+    _attacks().to_csv(tmp_path / "90_attacks.csv", index=False)
+    (tmp_path / "90_attacks.png").write_bytes(b"stale")
+    (tmp_path / "01_data_examples.png").write_bytes(b"audio, no table")
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "99_unregistered.csv", index=False)
+    (tmp_path / "99_unregistered.png").write_bytes(b"no drawer")
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "90_results.csv", index=False)
+    return tmp_path
+
+
+def test_redraw_rewrites_png_and_pdf_from_csv_and_states_what_it_cannot(tmp_path, capsys):
+    folder = _figure_folder(tmp_path)
+    report = figures.redraw(folder)
+    assert list(report.redrawn) == ["90_attacks"]
+    assert report.no_csv == ["01_data_examples"]
+    assert report.no_drawer == ["99_unregistered"]
+    assert report.tables_only == ["90_results"]
+    png, pdf = (folder / "90_attacks.png").read_bytes(), (folder / "90_attacks.pdf").read_bytes()
+    assert png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF")
+    out = capsys.readouterr().out
+    assert "01_data_examples" in out and "99_unregistered" in out and "no CSV" in out
+    figures.redraw(folder, verbose=False)  # the same CSV gives the same bytes (no timestamp in the PDF)
+    assert (folder / "90_attacks.png").read_bytes() == png and (folder / "90_attacks.pdf").read_bytes() == pdf
+    _attacks().drop(columns="asr").to_csv(folder / "90_attacks.csv", index=False)
+    with pytest.raises(FigureDataError, match=r"90_attacks\.csv.*asr"):
+        figures.redraw(folder, verbose=False)
+
+
+def test_cli_redraws_a_folder(tmp_path, capsys):
+    folder = _figure_folder(tmp_path)
+    assert main(["figures", "--folder", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "redrew 1 figure(s)" in out and "01_data_examples" in out and "figures redrawn in" in out
+    assert (folder / "90_attacks.pdf").exists()
+    assert main(["figures", "--folder", str(folder), "--strict"]) == 1  # PNGs left without a CSV
+    assert main(["figures", "--folder", str(tmp_path / "missing")]) == 2
+    assert "no figures folder" in capsys.readouterr().err
+
+
+def test_committed_figures_redraw_from_their_csvs(tmp_path):
+    """The fresh-clone case: every committed figure with a drawer is redrawn from its committed
+    CSV alone and looks like the committed PNG. To stay fast, one of the nine defense notebooks'
+    ASR bars (one drawer) is redrawn; the other eight CSVs are checked against its columns."""
+    drawable = sorted(p.stem for p in COMMITTED.glob("*.csv") if p.stem in FIGURES)
+    bars = [n for n in drawable if n in figures.DEFENSE_ASR_FIGURES]
+    redrawn = [n for n in drawable if n not in bars[1:]]
+    assert "31_observation_gradients" in redrawn and "90_defense_grid" in redrawn
+    for name in redrawn:
+        shutil.copy(COMMITTED / f"{name}.csv", tmp_path)
+    report = figures.redraw(tmp_path, verbose=False, formats=("png",))
+    assert sorted(report.redrawn) == redrawn
+    for name in bars[1:]:
+        frame = FIGURES.get(name).select(figures.read_table(COMMITTED / f"{name}.csv"), name)
+        assert len(frame) and frame.notna().all().all(), name
+    missing = [p.stem for p in COMMITTED.glob("*.png") if p.stem in FIGURES and p.stem not in drawable]
+    assert not missing, f"committed PNGs of registered figures without their CSV: {missing}"
+    for name in redrawn:
+        if not (COMMITTED / f"{name}.png").exists():
+            continue
+        old, new = mpimg.imread(COMMITTED / f"{name}.png"), mpimg.imread(tmp_path / f"{name}.png")
+        assert old.shape == new.shape, f"{name}: redrawn at another size; run `make figures`"
+        assert np.mean(np.abs(old - new).max(axis=-1) > 0.05) < 0.005, f"{name} differs from its CSV; `make figures`"
