@@ -15,6 +15,31 @@ exactly zero after the norm. The layers are the model's declared parts
 (:mod:`bdlib.models.contract`); a model without the chosen one is refused before any work
 with ``DefenseNotApplicable``. Clean accuracy is measured on the defender's clean subset,
 the only data a defender holds.
+
+The fine-tuning after pruning (``finetune``):
+
+* ``"backdoorbench"`` (default): SGD, ``lr`` 0.01, momentum 0.9, weight decay 5e-4, cosine
+  schedule, ``epochs`` (the profile's defense epochs) — BackdoorBench's FP config,
+  SCLBD/BackdoorBench ``config/defense/fp/config.yaml`` (commit 59f6cda): ``epochs: 100``
+  (line 10), ``batch_size: 256`` (12), ``lr: 0.01`` (14), ``lr_scheduler: CosineAnnealingLR``
+  (15), ``client_optimizer: sgd`` (19), ``sgd_momentum: 0.9`` (20), ``wd: 0.0005`` (21),
+  ``acc_ratio: 0.1`` (33).
+* ``"authors"``: the GN-FT authors' FP, quantum-bitss/Audio-Backdoor-Attack ``fp.py``
+  (commit 2b76b34): ``torch.optim.Adam(model.parameters(), lr=args.lr_ft)`` (line 202) with
+  ``--lr_ft`` 0.01 (line 29), no weight decay, no schedule, and one call of
+  ``train_finetuning`` (line 203): **one epoch** over the clean subset (``--val_ratio``
+  0.05, ``--batch_size`` 256, shuffled: lines 26-27, 104, 118) in train mode (line 53).
+  Here: Adam at ``lr`` (default 0.01, theirs), one epoch whatever ``epochs`` says (the
+  profile passes its ``epochs`` to every defense; ``epochs=0`` still means pruning only);
+  ``momentum`` and ``weight_decay`` are unused.
+  ``report["finetune_optimizer"]`` / ``report["finetune_epochs"]`` record what ran.
+
+Their pruning stage, which both settings share here, differs in ways not reproduced: it
+measures clean accuracy on the *test* split (line 175), prunes ``num_pruned - 1`` units
+at step ``num_pruned`` (line 169), and, as ``last_net`` is the pruned model itself rather
+than a copy (lines 165, 189, 192), fine-tunes the model pruned one step *past* the
+accuracy bound (the step that broke it, line 195). Here: the defender's clean subset,
+exactly ``k`` units at step ``k``, and the last model within the bound.
 """
 from __future__ import annotations
 
@@ -29,9 +54,10 @@ from ..models import contract
 from ..registry import check_choice, knob
 from ..training import predict
 from .base import CleanData, Defense
-from .finetune import FinetuneKnobs, run_finetune
+from .finetune import FinetuneKnobs, finetune, run_finetune, trainable
 
 LAYERS = ("classifier", "last_conv")
+FINETUNES = ("backdoorbench", "authors")
 
 
 @torch.no_grad()
@@ -57,6 +83,8 @@ class FPConfig(FinetuneKnobs):
     layer: str = knob("classifier", choices=LAYERS)  # "classifier" | "last_conv"
     prune_step: float = knob(0.01, "(0, 1)")
     max_acc_drop: float = knob(0.10, "(0, 1)")
+    # "backdoorbench": SGD + cosine for `epochs`; "authors": Adam at `lr`, one epoch (module docstring)
+    finetune: str = knob("backdoorbench", choices=FINETUNES)
 
 
 class FinePruning(Defense):
@@ -65,6 +93,7 @@ class FinePruning(Defense):
 
     def __init__(self, config: FPConfig, seed: int = 0):
         check_choice(config.layer, LAYERS, "Fine-Pruning layer")
+        check_choice(config.finetune, FINETUNES, "Fine-Pruning finetune")
         if not 0 < config.prune_step < 1 or not 0 < config.max_acc_drop < 1:
             raise ValueError("prune_step and max_acc_drop must lie in (0, 1)")
         super().__init__(config, seed)
@@ -120,10 +149,18 @@ class FinePruning(Defense):
                 t.copy_(orig * m)
         hooks = [t.register_hook(lambda g, m=m: g * m) for (t, _), m in zip(targets, masks)]
         try:
-            run_finetune(model, clean, c, seed=self.seed, progress=progress, desc="FP fine-tuning")
+            if c.finetune == "authors":  # Audio-Backdoor-Attack fp.py:202-203: Adam, one epoch
+                ft_epochs, ft_opt = min(c.epochs, 1), "Adam"
+                finetune(model, clean, epochs=ft_epochs, batch_size=c.batch_size,
+                         optimizer=torch.optim.Adam(trainable(model), lr=c.lr), seed=self.seed,
+                         progress=progress, desc="FP fine-tuning (authors')")
+            else:
+                ft_epochs, ft_opt = c.epochs, "SGD"
+                run_finetune(model, clean, c, seed=self.seed, progress=progress, desc="FP fine-tuning")
         finally:
             for h in hooks:
                 h.remove()
         self.report = {"layer": name, "n_units": n_units, "pruned_units": sorted(pruned),
-                       "n_pruned": len(pruned), "clean_acc_curve": curve}
+                       "n_pruned": len(pruned), "clean_acc_curve": curve, "finetune": c.finetune,
+                       "finetune_optimizer": ft_opt, "finetune_epochs": ft_epochs}
         return model
