@@ -28,11 +28,12 @@ reproduce: $(STAMP)
 
 ## unit tests + nbval over every notebook under the smoke profile, on TEST_WORKERS processes
 ## (pytest-xdist; one torch thread each, so 2 workers fill CI's 2 cores without oversubscribing;
-## --dist loadfile keeps each test file and each notebook's cells on one worker, in order)
+## --dist loadfile keeps each test file and each notebook's cells on one worker, in order;
+## --no-loadscope-reorder keeps collection order, where tests/conftest.py puts the regression test first)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	BDLIB_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
-		tests --nbval-lax --nbval-current-env notebooks
+		--no-loadscope-reorder tests --nbval-lax --nbval-current-env notebooks
 
 smoke: $(STAMP)
 	$(PY) -m bdlib run --profile smoke

@@ -26,8 +26,9 @@ def _torch_seed():
 def pytest_collection_modifyitems(config, items):
     """The regression tests (two files, one per xdist worker) run first. They compute every
     smoke victim afresh and hand them to the store the notebooks read (nbval collects them
-    after ``tests/``). Run late, as pytest-xdist's file order would place them, the notebooks
-    on the other worker would have trained the same victims themselves."""
+    after ``tests/``). Run late, the notebooks on the other worker would have trained the same
+    victims themselves; pytest-xdist would run them last (it sends the files with the most
+    tests first), hence ``--no-loadscope-reorder`` in the Makefile."""
     first = [i for i in items if i.nodeid.startswith("tests/test_regression")]
     if first:
         items[:] = first + [i for i in items if i not in first]
