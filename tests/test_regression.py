@@ -64,7 +64,8 @@ def check_against_reference(got: dict[str, float], store_root: Path) -> None:
         ref.update({k: round(v, 4) for k, v in got.items()})
         REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
         pytest.skip(f"reference re-baselined in {REFERENCE}")
-    ref = {k: v for k, v in ref.items() if k.split("/")[0] in {k2.split("/")[0] for k2 in got}}
+    computed_here = {k.split("/")[0] for k in got}
+    ref = {k: v for k, v in ref.items() if k.split("/")[0] in computed_here}
     assert set(got) == set(ref)
     off = {k: (round(got[k], 4), ref[k]) for k in ref if abs(got[k] - ref[k]) > TOLERANCE}
     assert not off, f"metrics moved by more than {TOLERANCE}: {off} (got, reference)"
