@@ -8,6 +8,15 @@ grid hidden in notebook loops can neither run in parallel nor be tabulated hones
 Dask (:mod:`bdlib.cluster`) — and returns a tidy table with one column per knob and the
 seed. :func:`pivot` reshapes it and refuses to average rows silently.
 
+A defense that cannot act on a model (ANP on a network without BatchNorm, CLP without
+conv→BatchNorm pairs, NAD without feature maps: :class:`~bdlib.models.contract.DefenseNotApplicable`)
+does not stop the study: its cell becomes a row with ``status = "not applicable"``, the
+defense's own reason in ``reason`` and no metrics (NaN), and every other cell runs. Whether a
+defense refuses is decided before anything is trained (:func:`refusal`: the defense is
+handed a fresh, untrained model of the architecture and stand-in data, and a refusal comes
+before either is used), so a study read back from the store (:meth:`Study.table`) shows the
+same rows. Any other error still fails the study.
+
 Cells are plain picklable dataclasses; each one rebuilds its :class:`~bdlib.pipeline.Experiment`
 in whichever process runs it, and every artifact goes through the store's per-key lock, so
 two workers that need the same clean model or attack fit compute it once.
@@ -26,9 +35,13 @@ import pandas as pd
 
 from .attacks import ATTACKS
 from .defenses import DEFENSES
+from .models.contract import DefenseNotApplicable
 from .profiles import Profile, get_profile
 
 KnobSettings = dict | list  # one knob dict, or a list of them (a sweep)
+
+#: a cell's ``status`` in :meth:`Study.table`: it ran (``OK``), or the defense refused the model
+OK, NOT_APPLICABLE = "ok", "not applicable"
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class VictimCell:
     target: str | int | None = None
     data_root: str | None = None
     device: str | None = None  # a spec, resolved by the process that runs the cell (bdlib.device)
+    rate: float | None = None  # the poisoning rate; None: the profile's (the clean model has none)
 
     @property
     def features(self) -> str:
@@ -66,8 +80,15 @@ class VictimCell:
         return _experiment(self.profile, self.dataset, self.seed, self.features, self.target, self.data_root,
                            self.device)
 
+    def victim_kwargs(self) -> dict:
+        """The attack knobs plus, when it is not the profile's, the poisoning rate: what
+        ``Experiment.backdoored_model``, ``attack_config`` and ``evaluate`` take after the attack
+        (each has a ``rate`` parameter), and what ``Experiment.defend`` forwards to the first and
+        the last as ``attack_knobs``."""
+        return {**dict(self.attack_knobs), **({} if self.rate is None else {"rate": self.rate})}
+
     def run(self) -> dict:
-        _, rec = self.experiment().backdoored_model(self.attack, self.model, **dict(self.attack_knobs))
+        _, rec = self.experiment().backdoored_model(self.attack, self.model, **self.victim_kwargs())
         return rec
 
 
@@ -80,12 +101,99 @@ class DefenseCell:
     knobs: tuple = ()  # sorted (key, value) pairs
     clean_fraction: float | None = None
 
+    def refusal(self) -> str | None:
+        """The defense's reason for refusing this cell's model (:func:`refusal`), or None if it
+        does not refuse it up front. Trains and reads nothing but the test features' shape."""
+        v = self.victim
+        exp = v.experiment()
+        return refusal(self.defense, exp.defense_knobs(self.defense, **dict(self.knobs)), v.model, exp.input_shape,
+                       len(exp.class_names), seed=v.seed)
+
     def run(self, _victim_record: dict | None = None) -> dict:
-        """``_victim_record`` only orders the cell after its victim on Dask; the victim is
-        read back from the store."""
+        """The defense run's record (computed, or read back from the store). A defense that
+        cannot act on the model raises :class:`DefenseNotApplicable` before the victim is
+        trained or loaded. ``_victim_record`` only orders the cell after its victim on Dask;
+        the victim is read back from the store."""
+        reason = self.refusal()
+        if reason is not None:
+            raise DefenseNotApplicable(reason)
         v = self.victim
         return v.experiment().defend(self.defense, v.attack, model=v.model, clean_fraction=self.clean_fraction,
-                                     attack_knobs=dict(v.attack_knobs), **dict(self.knobs))
+                                     attack_knobs=v.victim_kwargs(), **dict(self.knobs))
+
+    def run_or_refuse(self, _victim_record: dict | None = None) -> dict:
+        """:meth:`run`, or — when the defense refuses the model (:class:`DefenseNotApplicable`,
+        up front or from inside the run) — a "not applicable" record: ``status``, ``reason``, the
+        ``config`` the run would have had, empty ``metrics``. Any other error propagates."""
+        try:
+            return self.run()
+        except DefenseNotApplicable as err:
+            return self.not_applicable(str(err))
+
+    def not_applicable(self, reason: str) -> dict:
+        """The record of a refused cell: no metrics, nothing stored."""
+        from . import keys
+
+        v = self.victim
+        exp = v.experiment()
+        knobs = exp.defense_knobs(self.defense, **dict(self.knobs))
+        fraction = exp.profile.clean_fraction if self.clean_fraction is None else self.clean_fraction
+        victim_cfg = exp.attack_config(v.attack, v.model, **v.victim_kwargs())
+        return {"status": NOT_APPLICABLE, "reason": reason,
+                "config": keys.defense_key(victim_cfg, self.defense, knobs, fraction, v.seed), "metrics": {},
+                "path": None}
+
+
+class _DataReached(Exception):
+    """The probed defense got past its checks and used the stand-in clean data."""
+
+
+class _StandIn:
+    """The clean features :func:`refusal` hands a defense: the length is real, any other use
+    (indexing, ``.to``, ``.shape``, a forward pass) ends the probe."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getattr__(self, name):
+        raise _DataReached(name)
+
+    def __getitem__(self, key):
+        raise _DataReached("[]")
+
+    def __iter__(self):
+        raise _DataReached("iter")
+
+
+def refusal(defense: str, knobs: dict, model: str, input_shape, num_classes: int, seed: int = 0) -> str | None:
+    """Whether ``defense`` (with these full knobs) refuses architecture ``model``: the
+    :class:`DefenseNotApplicable` message, or None. Decided without training and without data:
+    the defense gets a freshly initialised model and stand-in clean clips; every defense checks
+    the parts it needs (``bdlib.models.contract``) before it touches either, so the probe ends
+    with that refusal or at the defense's first use of the data (a data-free defense, CLP, runs
+    to the end on the untrained copy: a few SVDs). Knob errors raise here, loudly. None means
+    "not refused up front"; a refusal that only came later would still be caught by
+    :meth:`DefenseCell.run_or_refuse`. The global torch RNG is left as it was."""
+    import torch
+
+    from .defenses import CleanData, make_defense
+    from .models import build_model
+
+    dfn = make_defense(defense, seed=seed, **knobs)
+    net = build_model(model, tuple(input_shape), num_classes, seed=0)
+    n = 8
+    clean = CleanData(_StandIn(n), torch.zeros(n, dtype=torch.long))
+    with torch.random.fork_rng(devices=[]):
+        try:
+            dfn.defend(net, clean, progress=False)
+        except DefenseNotApplicable as err:
+            return str(err)
+        except Exception:  # noqa: BLE001 -- reached the data (or tripped on the stand-in): not refused up front
+            return None
+    return None
 
 
 @lru_cache(maxsize=16)
@@ -127,6 +235,9 @@ class Study:
     ``"cuda:N"``, ``"mps"``) that each cell resolves in the process that runs it (a Dask
     worker on a GPU host); ``None``: that process's ``$BDLIB_DEVICE``, else ``"auto"``. The
     device changes no store key: cells computed on a GPU and on a CPU share the store.
+    ``rates``: poisoning rates, every victim (and its defense runs) once per rate (``None``:
+    the profile's, ``poison_rate``); the table's ``poison_rate`` column tells them apart, and a
+    rate equal to the profile's is the profile's victim (one cell, one store entry).
     """
 
     profile: str | Profile = "default"
@@ -142,6 +253,7 @@ class Study:
     data_root: str | os.PathLike | None = None
     include_clean: bool = True
     device: str | None = None
+    rates: tuple[float, ...] | list[float] | None = None
 
     def __post_init__(self):
         self.profile = get_profile(self.profile)
@@ -153,6 +265,15 @@ class Study:
             raise TypeError(f"seeds must be a non-empty list of ints, got {self.seeds!r}")
         if isinstance(self.models, str) or isinstance(self.attacks, str):
             raise TypeError("models and attacks take a list of names (or a dict name -> knobs), not a string")
+        if self.rates is not None:
+            if isinstance(self.rates, (int, float, str)) or not self.rates:
+                raise TypeError(f"rates must be a non-empty list of poisoning rates, got {self.rates!r}")
+            bad = [r for r in self.rates if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1]
+            if bad:
+                raise ValueError(f"poisoning rates must lie in (0, 1) (0.01 is 1 %), got {bad}")
+            if len(set(self.rates)) != len(self.rates):
+                raise ValueError(f"rates {list(self.rates)} repeat a rate (the same victims twice)")
+            self.rates = tuple(float(r) for r in self.rates)
         if self.attacks is None:
             names = list(ATTACKS) if self.profile.defense_attacks is None else list(self.profile.defense_attacks)
             self.attacks = {a: dict(self.profile.attack_knobs.get(a, {})) for a in names}
@@ -175,8 +296,11 @@ class Study:
 
     # --- expansion ---------------------------------------------------------------------
     def victim_cells(self) -> list[VictimCell]:
-        """The clean model (per model and seed, when ``include_clean``) and every victim."""
+        """The clean model (per model and seed, when ``include_clean``) and every victim, once
+        per poisoning rate."""
         root = None if self.data_root is None else str(self.data_root)
+        # the profile's own rate is the default victim (rate None): the same cell as a study without rates
+        rates = [None if r is None or r == self.profile.poison_rate else r for r in (self.rates or (None,))]
         cells = []
         for seed in self.seeds:
             for model in self.models:
@@ -184,8 +308,9 @@ class Study:
                     cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, None, (), self.target, root,
                                             self.device))
                 for attack, knobs in self.attacks.items():
-                    cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, attack, _frozen(knobs),
-                                            self.target, root, self.device))
+                    for rate in rates:
+                        cells.append(VictimCell(self.profile, self.dataset_spec, seed, model, attack, _frozen(knobs),
+                                                self.target, root, self.device, rate))
         return cells
 
     def defense_cells(self) -> list[DefenseCell]:
@@ -215,7 +340,7 @@ class Study:
             from tqdm import tqdm
 
             v_recs = [c.run() for c in tqdm(victims, desc="victims", disable=not progress)]
-            d_recs = [c.run() for c in tqdm(defenses, desc="defense runs", disable=not progress)]
+            d_recs = [c.run_or_refuse() for c in tqdm(defenses, desc="defense runs", disable=not progress)]
         else:
             v_recs, d_recs = self._run_dask(victims, defenses, scheduler, progress)
         self.last_run = {"victims": v_recs, "defenses": d_recs, "wall_s": time.perf_counter() - t0}
@@ -237,35 +362,46 @@ class Study:
     # --- results -----------------------------------------------------------------------
     def table(self, victim_records: list[dict] | None = None, defense_records: list[dict] | None = None) -> pd.DataFrame:
         """Tidy table, one row per defense cell plus one ``defense="none"`` row per victim:
-        dataset, model, attack, seed, one ``attack.<knob>`` column per attack knob given,
-        one ``defense.<knob>`` column per defense knob (the full resolved set), ACC/ASR/RA
-        before and after, DER and time. Without records it reads them from the store
-        (computing nothing: cells not yet run raise)."""
+        dataset, model, attack, seed, ``poison_rate``, one ``attack.<knob>`` column per attack
+        knob given, one ``defense.<knob>`` column per defense knob (the full resolved set),
+        ACC/ASR/RA before and after, DER, time, and ``status`` (``"ok"``, or ``"not applicable"``
+        for a defense that cannot act on the model: its metrics after are NaN and ``reason``
+        holds the defense's own message). Without records it reads them from the store
+        (computing nothing: cells not yet run raise; refused cells are decided again, cheaply)."""
         if victim_records is None or defense_records is None:
             victim_records = [c.run() if _stored(c) else _missing(c) for c in self.victim_cells()]
-            defense_records = [c.run() if _stored(c) else _missing(c) for c in self.defense_cells()]
+            defense_records = [_stored_or_refused(c) for c in self.defense_cells()]
         from .pipeline import defense_label
 
         rows = []
         victims = self.victim_cells()
+        victim_metrics = {cell: rec["metrics"] for cell, rec in zip(victims, victim_records)}
+        nan = float("nan")
         for cell, rec in zip(victims, victim_records):
             if cell.attack is None:
                 continue
             m = rec["metrics"]
             rows.append({**_cell_columns(cell, rec["config"]), "defense": "none", "label": "none",
                          "acc_before": m["acc"], "asr_before": m["asr"], "ra_before": m["ra"],
-                         "acc_after": m["acc"], "asr_after": m["asr"], "ra_after": m["ra"], "der": float("nan"),
-                         "time_s": m["train_time_s"]})
+                         "acc_after": m["acc"], "asr_after": m["asr"], "ra_after": m["ra"], "der": nan,
+                         "time_s": m["train_time_s"], "status": OK, "reason": None})
         for cell, rec in zip(self.defense_cells(), defense_records):
             c, m = rec["config"], rec["metrics"]
-            rows.append({**_cell_columns(cell.victim, c["victim"]), "defense": cell.defense,
-                         "label": defense_label(c), "clean_fraction": c["clean_fraction"],
-                         **{f"defense.{k}": _scalar(v) for k, v in c["defense_knobs"].items()},
-                         "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
+            row = {**_cell_columns(cell.victim, c["victim"]), "defense": cell.defense,
+                   "label": defense_label(c), "clean_fraction": c["clean_fraction"],
+                   **{f"defense.{k}": _scalar(v) for k, v in c["defense_knobs"].items()}}
+            if rec.get("status", OK) == NOT_APPLICABLE:  # the victim's own numbers before; nothing after
+                v = victim_metrics[cell.victim]
+                rows.append({**row, "acc_before": v["acc"], "asr_before": v["asr"], "ra_before": v["ra"],
+                             "acc_after": nan, "asr_after": nan, "ra_after": nan, "der": nan, "time_s": nan,
+                             "status": NOT_APPLICABLE, "reason": rec["reason"]})
+                continue
+            rows.append({**row, "acc_before": m["before"]["acc"], "asr_before": m["before"]["asr"],
                          "ra_before": m["before"]["ra"], "acc_after": m["after"]["acc"],
                          "asr_after": m["after"]["asr"], "ra_after": m["after"]["ra"], "der": m["der"],
                          "time_s": m["time_s"], "peak_rss_mb": m.get("peak_rss_mb"),
-                         "torch_threads": m.get("torch_threads"), "device": m.get("device")})
+                         "torch_threads": m.get("torch_threads"), "device": m.get("device"), "status": OK,
+                         "reason": None})
         return pd.DataFrame(rows)
 
 
@@ -285,20 +421,30 @@ def _cell_key(kind: str, cell) -> str:
 
 
 def _run_cell(cell, *deps):
-    """What a Dask worker runs: one cell (``deps`` only order it after its victim)."""
+    """What a Dask worker runs: one cell (``deps`` only order it after its victim); a defense
+    cell whose defense refuses the model returns its "not applicable" record."""
     threads = os.environ.get("BDLIB_TORCH_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    return cell.run(*deps)
+    return cell.run_or_refuse(*deps) if isinstance(cell, DefenseCell) else cell.run(*deps)
 
 
 def _stored(cell) -> bool:
     if isinstance(cell, VictimCell):
         exp = cell.experiment()
-        return exp.store.has("models", exp.attack_config(cell.attack, cell.model, **dict(cell.attack_knobs)))
+        return exp.store.has("models", exp.attack_config(cell.attack, cell.model, **cell.victim_kwargs()))
     return _stored(cell.victim) and _defense_stored(cell)
+
+
+def _stored_or_refused(cell: DefenseCell) -> dict:
+    """A defense cell's stored record, or its "not applicable" record (decided without
+    computing); a cell that would run but has not raises."""
+    if _stored(cell):
+        return cell.run_or_refuse()
+    reason = cell.refusal()
+    return _missing(cell) if reason is None else cell.not_applicable(reason)
 
 
 def _defense_stored(cell: DefenseCell) -> bool:
@@ -308,7 +454,7 @@ def _defense_stored(cell: DefenseCell) -> bool:
     exp = v.experiment()
     knobs = exp.defense_knobs(cell.defense, **dict(cell.knobs))
     fraction = exp.profile.clean_fraction if cell.clean_fraction is None else cell.clean_fraction
-    victim_cfg = exp.attack_config(v.attack, v.model, **dict(v.attack_knobs))
+    victim_cfg = exp.attack_config(v.attack, v.model, **v.victim_kwargs())
     return exp.store.has("defenses", keys.defense_key(victim_cfg, cell.defense, knobs, fraction, v.seed))
 
 
@@ -320,11 +466,13 @@ class DuplicateCellsError(ValueError):
     """A pivot would average rows that differ in something else (a knob, a seed)."""
 
 
-def pivot(table: pd.DataFrame, index, columns, values: str) -> pd.DataFrame:
+def pivot(table: pd.DataFrame, index, columns, values: str, not_applicable="n/a") -> pd.DataFrame:
     """``table.pivot`` that refuses duplicates: when several rows share an (index, columns)
     cell, the error names the columns in which they differ (a knob, the seed), so a sweep is
     never averaged into one number by accident. Aggregate explicitly (e.g. over seeds)
-    before pivoting if that is what you mean."""
+    before pivoting if that is what you mean. A cell whose row is ``status == "not
+    applicable"`` (the defense cannot act on that model) shows ``not_applicable`` ("n/a"; the
+    frame is then of object dtype), not a blank; ``not_applicable=None`` keeps it NaN."""
     index = [index] if isinstance(index, str) else list(index)
     columns = [columns] if isinstance(columns, str) else list(columns)
     dup = table.duplicated(index + columns, keep=False)
@@ -336,18 +484,29 @@ def pivot(table: pd.DataFrame, index, columns, values: str) -> pd.DataFrame:
         raise DuplicateCellsError(f"{int(dup.sum())} rows share a cell of {index + columns} (e.g. {first}); they "
                                   f"differ in {varying or 'nothing: the same run twice'}. Filter, add those columns "
                                   f"to the index/columns, or aggregate explicitly before pivoting.")
-    return table.pivot(index=index if len(index) > 1 else index[0],
-                       columns=columns if len(columns) > 1 else columns[0], values=values)
+    shape = dict(index=index if len(index) > 1 else index[0], columns=columns if len(columns) > 1 else columns[0])
+    out = table.pivot(**shape, values=values)
+    if not_applicable is not None and "status" in table.columns and table["status"].eq(NOT_APPLICABLE).any():
+        refused = table.pivot(**shape, values="status").eq(NOT_APPLICABLE)
+        out = out.astype(object).mask(refused, not_applicable)
+    return out
 
 
 def mean_sd(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
     """Mean, sd and n over seeds, per group ``by`` (which must not include ``seed``): the
-    explicit aggregation :func:`pivot` asks for."""
+    explicit aggregation :func:`pivot` asks for. A table with a ``status`` column gets one per
+    group: ``"ok"``, ``"not applicable"`` (every row refused: the means are NaN, n = 0) or
+    ``"not applicable in k of n"`` (the means are over the others; n counts them)."""
     if "seed" in by:
         raise ValueError("mean_sd aggregates over seeds: leave 'seed' out of 'by'")
     g = table.groupby(by, dropna=False)[values]
     out = g.agg(["mean", "std", "count"])
     out.columns = [f"{v}_{s.replace('std', 'sd').replace('count', 'n')}" for v, s in out.columns]
+    if "status" in table.columns and "status" not in by:
+        refused = table.assign(_refused=table["status"].eq(NOT_APPLICABLE)).groupby(by, dropna=False)["_refused"]
+        counts = refused.agg(["sum", "size"])  # the same groups, in the same order, as `out`
+        out["status"] = [OK if k == 0 else NOT_APPLICABLE if k == n else f"{NOT_APPLICABLE} in {k} of {n}"
+                         for k, n in zip(counts["sum"], counts["size"])]
     return out.reset_index()
 
 
@@ -399,5 +558,5 @@ def collection_study(profile: str | Profile = "default", seeds=(0,), **kwargs) -
     return Study(prof, defenses=defenses, seeds=tuple(seeds), **kwargs)
 
 
-__all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "Study", "VictimCell",
-           "collection_study", "matched_ft_knobs", "mean_sd", "pivot"]
+__all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE", "OK", "Study",
+           "VictimCell", "collection_study", "matched_ft_knobs", "mean_sd", "pivot", "refusal"]

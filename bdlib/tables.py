@@ -12,6 +12,10 @@ The rule for "best" (:func:`main_table`): per column, among the defenses (the "n
 row is the reference, not a candidate), the highest mean ACC / RA / DER and the lowest mean
 ASR, compared at the precision shown (``decimals`` of a percent), so cells that read the same
 are all marked. It is a ranking of means, not a significance test: the sd sits next to it.
+
+A defense that cannot act on a model (``status == "not applicable"`` in the study table: ANP on
+a network without BatchNorm, say) is a cell of its own: shown as "n/a", never a candidate for
+best, never averaged with runs that did happen (a cell whose seeds disagree on it is refused).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .study import DuplicateCellsError, mean_sd
+from .study import NOT_APPLICABLE, OK, DuplicateCellsError, mean_sd
 
 #: the row that holds the undefended victims (``acc_before`` / ``asr_before`` per seed)
 NO_DEFENSE = "no defense"
@@ -39,7 +43,7 @@ METRICS: dict[str, tuple[str, str]] = {
 MEASURED = frozenset({"acc_before", "asr_before", "ra_before", "acc_after", "asr_after", "ra_after", "der", "time_s",
                       "peak_rss_mb", "torch_threads", "device"})
 
-_DEFENSE_COLUMNS = ("defense", "label", "clean_fraction")
+_DEFENSE_COLUMNS = ("defense", "label", "clean_fraction", "status", "reason")
 
 
 def _keys(value: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -85,7 +89,8 @@ def per_seed(study_table: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"one victim has different before-defense numbers in different rows: "
                          f"{victims[clash].head(4).to_dict('records')}")
     victims = victims.assign(label=NO_DEFENSE, defense="none",
-                             **{b.replace("_before", "_after"): victims[b] for b in before}, der=math.nan)
+                             **{b.replace("_before", "_after"): victims[b] for b in before}, der=math.nan,
+                             **({"status": OK} if "status" in table.columns else {}))
     return pd.concat([victims, table[~undefended]], ignore_index=True)
 
 
@@ -133,7 +138,9 @@ def cell_stats(study_table: pd.DataFrame, metrics=("acc_after", "asr_after"), ro
     keys = _cell_keys(rows, row, col)
     check_one_setting(rows, keys)
     agg = mean_sd(rows, keys, metrics)
-    long = pd.concat([agg[keys].assign(metric=m, mean=agg[f"{m}_mean"], sd=agg[f"{m}_sd"], n=agg[f"{m}_n"])
+    status = agg["status"] if "status" in agg else OK  # "not applicable": the defense refused the model
+    long = pd.concat([agg[keys].assign(metric=m, mean=agg[f"{m}_mean"], sd=agg[f"{m}_sd"], n=agg[f"{m}_n"],
+                                       status=status)
                       for m in metrics], ignore_index=True)
     # best among the defenses of one (attack, metric): whichever side the labels are on
     rival = "label" if "label" in keys else row[-1]
@@ -161,13 +168,20 @@ class MainTable:
     decimals: int = 2
 
     def _order(self, keys: tuple[str, ...]) -> list[tuple]:
+        """First-seen order, "no defense" first within each block of the other keys (each model's
+        rows stay together when ``row=["model", "label"]``)."""
         seen = list(dict.fromkeys(map(tuple, self.cells[list(keys)].itertuples(index=False, name=None))))
         if "label" not in keys:
             return seen
         at = keys.index("label")
-        return sorted(seen, key=lambda k: k[at] != NO_DEFENSE)
+        block: dict[tuple, int] = {}
+        for k in seen:
+            block.setdefault(k[:at] + k[at + 1:], len(block))
+        return sorted(seen, key=lambda k: (block[k[:at] + k[at + 1:]], k[at] != NO_DEFENSE))
 
     def _text(self, cell, mark) -> str:
+        if cell is not None and cell.get("status") == NOT_APPLICABLE:
+            return "n/a"
         if cell is None or pd.isna(cell["mean"]):
             return "–"
         text = f"{cell['mean'] * 100:.{self.decimals}f}"
@@ -200,8 +214,12 @@ class MainTable:
     def caption(self) -> str:
         better = ", ".join(f"{'highest' if METRICS[m][1] == 'max' else 'lowest'} {METRICS[m][0]}" for m in self.metrics)
         per = " and ".join(k for k in self.row + self.col if k not in ("label", "model", "dataset")) or "column"
-        return (f"Mean ± sd over n = {self.n} seeds, in %. Best defense per {per} ({better}; by mean at the "
+        text = (f"Mean ± sd over n = {self.n} seeds, in %. Best defense per {per} ({better}; by mean at the "
                 f"precision shown, ties all marked; the undefended victim is the reference, not a candidate) in bold.")
+        if "status" in self.cells and self.cells["status"].eq(NOT_APPLICABLE).any():
+            text += (" n/a: the defense cannot act on this model (it lacks the part the defense works on; the "
+                     "study table's `reason` column names it).")
+        return text
 
     def markdown(self) -> str:
         """A GitHub markdown table, best cells in **bold**, the caption below."""
@@ -270,10 +288,13 @@ def passes_bar(study_table: pd.DataFrame, asr_bar: float = 0.2, acc_drop: float 
     """Per (attack, defense label[, model, dataset]): whether the mean over seeds removes the
     backdoor (mean ASR after <= ``asr_bar``) while keeping ACC within ``acc_drop`` of the
     victim's (mean ACC before − mean ACC after <= ``acc_drop``, to 1e-9 so that a drop of
-    exactly 3 points on a finite test set passes). A coarse, deterministic summary."""
+    exactly 3 points on a finite test set passes). A coarse, deterministic summary. A table
+    of several models gets one row per model (each victim is judged against its own model).
+    A defense that cannot act on the model keeps its row, with ``status`` "not applicable"
+    (when the study table has that column) and ``passes`` False."""
     rows = per_seed(study_table)
     rows = rows[rows.label.ne(NO_DEFENSE)]
-    keys = _cell_keys(rows, ["attack", "label"], [])
+    keys = _cell_keys(rows, ["attack", "label"] + (["model"] if "model" in rows.columns else []), [])
     check_one_setting(rows, keys)
     g = rows.groupby(keys, dropna=False, sort=False)
     out = g[["asr_after", "acc_before", "acc_after"]].mean().reset_index()
@@ -282,6 +303,8 @@ def passes_bar(study_table: pd.DataFrame, asr_bar: float = 0.2, acc_drop: float 
     out["removes_backdoor"] = out.asr_after <= asr_bar
     out["keeps_acc"] = out.acc_drop <= acc_drop + 1e-9
     out["passes"] = out.removes_backdoor & out.keeps_acc
+    if "status" in rows.columns:  # one value per cell: check_one_setting refused cells whose seeds disagree
+        out["status"] = g["status"].first().to_numpy()
     return out
 
 

@@ -132,6 +132,28 @@ def test_every_notebook_takes_the_dataset_parameters():
         assert {"profile", "seed", "dataset", "dataset_root"} <= set(params), nb.name
 
 
+def test_every_notebook_takes_the_models_parameter():
+    """Issue 13: `models` reaches every notebook (`bdlib run --models ...` / `-p models=[...]` would
+    be refused by a notebook without it), and no notebook's code names a model of its own."""
+    from bdlib.runner import notebook_parameters, notebooks
+
+    for nb in notebooks():
+        assert "models" in notebook_parameters(nb), nb.name
+        code = [c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
+        hard_coded = [line for src in code for line in src.splitlines()
+                      if "smallcnn" in line.split("#", 1)[0].lower()]  # comments may give it as the example
+        assert not hard_coded, (nb.name, hard_coded)
+
+
+def test_cli_refuses_an_unknown_model_and_a_models_string():
+    proc = subprocess.run([sys.executable, "-m", "bdlib", "run", "--models", "cnn9", "--no-study"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown model 'cnn9'" in proc.stderr and "smallcnn" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bdlib", "run", "-p", "models=smallcnn", "--no-study"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "models takes a list of names" in proc.stderr
+
+
 def test_local_cluster_layout_does_not_oversubscribe(monkeypatch):
     from bdlib.cluster import local_layout, worker_env
 
@@ -143,3 +165,213 @@ def test_local_cluster_layout_does_not_oversubscribe(monkeypatch):
     assert local_layout(cores=2) == (2, 1)
     env = worker_env(3)
     assert env["OMP_NUM_THREADS"] == "3" and env["BDLIB_TORCH_THREADS"] == "3" and "MALLOC_MMAP_MAX_" in env
+
+
+# --- issue 13: a defense that cannot act on a model is a "not applicable" row, not a failed study ----------
+class _FakeStore:
+    def __init__(self):
+        self.saved = set()
+
+    @staticmethod
+    def _key(kind, cfg):
+        import json
+
+        return kind, json.dumps(cfg, sort_keys=True, default=str)
+
+    def has(self, kind, cfg):
+        return self._key(kind, cfg) in self.saved
+
+
+class _FakeExperiment:
+    """What a Study cell asks of an Experiment, without data or training: victims and defense runs
+    return fixed metrics and are logged; the refusal probe (bdlib.study.refusal) is the real one,
+    on real models of these maps. ``fail`` maps (defense, model) to an exception its run raises."""
+
+    from bdlib.pipeline import Experiment as _E
+
+    defense_knobs = _E.defense_knobs  # the real knob resolution (the profile's budget, then the given knobs)
+    input_shape = (26, 13)  # about the smallest map every model takes (tests/test_models_contract.py)
+    class_names = ("yes", "no", "up")
+
+    def __init__(self, profile, seed, log, fail, store):
+        self.profile, self.seed, self.log, self.fail, self.store = profile, seed, log, fail, store
+
+    def attack_config(self, attack, model="smallcnn", rate=None, target=None, **knobs):
+        return {"dataset": "fake", "seed": self.seed, "model": model, "attack": attack, "attack_knobs": knobs,
+                "poison_rate": self.profile.poison_rate if rate is None else rate, "target": 2}
+
+    def backdoored_model(self, attack, model="smallcnn", rate=None, target=None, **knobs):
+        cfg = self.attack_config(attack, model, rate, target, **knobs)
+        self.log.append(("victim", model, attack, cfg["poison_rate"], self.seed))
+        self.store.saved.add(self.store._key("models", cfg))
+        return None, {"config": cfg, "metrics": {"acc": 0.9, "asr": 1.0, "ra": 0.0, "train_time_s": 1.0,
+                                                 "n_poisoned": 3, "n_train": 320}}
+
+    def defend(self, defense, attack, model="smallcnn", clean_fraction=None, attack_knobs=None, **knobs):
+        from bdlib import keys
+
+        _, rec = self.backdoored_model(attack, model, **(attack_knobs or {}))  # as Experiment.defend forwards them
+        self.log.append(("defend", defense, model, attack, rec["config"]["poison_rate"], self.seed))
+        if (defense, model) in self.fail:
+            raise self.fail[(defense, model)]
+        full = self.defense_knobs(defense, **knobs)
+        cfg = keys.defense_key(rec["config"], defense, full, 0.05, self.seed)
+        self.store.saved.add(self.store._key("defenses", cfg))
+        return {"config": cfg, "metrics": {"before": {"acc": 0.9, "asr": 1.0, "ra": 0.0},
+                                           "after": {"acc": 0.85, "asr": 0.4 + 0.1 * self.seed, "ra": 0.5},
+                                           "der": 0.8, "time_s": 2.0}}
+
+
+@pytest.fixture
+def fake_cells(monkeypatch):
+    """Every cell's Experiment is a _FakeExperiment (one per profile and seed); yields (log, fail)."""
+    from bdlib import study as study_mod
+
+    log, fail, store, made = [], {}, _FakeStore(), {}
+
+    def experiment(profile, dataset, seed, features, target, data_root, device=None):
+        key = (profile.name, seed)
+        if key not in made:
+            made[key] = _FakeExperiment(profile, seed, log, fail, store)
+        return made[key]
+
+    monkeypatch.setattr(study_mod, "_experiment", experiment)
+    return log, fail
+
+
+def test_refusal_is_decided_without_training_naming_defense_model_and_part():
+    import torch
+
+    from bdlib.study import refusal
+
+    before = torch.get_rng_state()
+    assert refusal("anp", {"epochs": 1}, "rnn", (26, 13), 3).startswith(
+        "ANP cannot defend StackedLSTM: it has no norm_layers (BatchNorm")
+    assert refusal("clp", {}, "rnn", (26, 13), 3).startswith("CLP cannot defend StackedLSTM: it has no conv_norm_pairs")
+    assert refusal("anp", {"epochs": 1}, "smallcnn", (26, 13), 3) is None  # has BatchNorm: reached the data
+    assert refusal("ft", {"epochs": 1}, "rnn", (26, 13), 3) is None
+    assert "3 betas for 2 attention layers" in refusal("nad", {}, "lstmatt", (26, 13), 3)  # refused for its knobs
+    assert torch.equal(torch.get_rng_state(), before), "the probe moved the global RNG"
+    with pytest.raises(Exception, match="lr"):  # a bad knob is an error, never "not applicable"
+        refusal("ft", {"lr": -1.0}, "rnn", (26, 13), 3)
+
+
+def test_study_records_a_refused_defense_as_not_applicable_and_runs_the_rest(fake_cells):
+    from bdlib.tables import main_table, passes_bar
+
+    log, _ = fake_cells
+    study = Study("smoke", models=["smallcnn", "rnn"], attacks=["badnets"], seeds=[0, 1], include_clean=False,
+                  defenses={"ft": {}, "anp": {}, "clp": {}})
+    table = study.run(serial=True, progress=False)
+    runs = table[table.defense != "none"]
+    assert len(runs) == 2 * 2 * 3  # models x seeds x defenses: every cell has its row
+    refused = runs[runs.status == "not applicable"]
+    assert sorted(set(zip(refused.model, refused.defense))) == [("rnn", "anp"), ("rnn", "clp")]
+    assert refused.reason.str.contains("cannot defend StackedLSTM: it has no").all()
+    assert refused[["acc_after", "asr_after", "der"]].isna().all().all()
+    assert (refused.acc_before == 0.9).all()  # the victim's own numbers before
+    ran = runs[runs.status == "ok"]
+    assert len(ran) == 8 and ran.asr_after.notna().all() and ran.reason.isna().all()
+    # the refusal was decided before anything ran: no defense run was even started on a refused cell
+    started = {(e[1], e[2]) for e in log if e[0] == "defend"}
+    assert started == {("ft", "smallcnn"), ("anp", "smallcnn"), ("clp", "smallcnn"), ("ft", "rnn")}
+    # the tables show it as n/a: never averaged, never blank, never best
+    pivoted = pivot(runs[runs.seed == 0], ["model", "label"], "attack", "asr_after")
+    assert pivoted.loc[("rnn", "anp"), "badnets"] == "n/a" and pivoted.loc[("smallcnn", "ft"), "badnets"] == 0.4
+    assert pivot(runs[runs.seed == 0], ["model", "label"], "attack", "asr_after", not_applicable=None).loc[
+        ("rnn", "anp"), "badnets"] != "n/a"
+    main = main_table(table, row=["model", "label"])
+    assert main.frame().loc["rnn / anp", ("badnets", "ASR")] == "n/a"
+    assert main.frame().loc["smallcnn / ft", ("badnets", "ASR")].startswith("45.00 ± 7.07")  # (a tie: best)
+    assert not main.cells[main.cells.status == "not applicable"].best.any()
+    assert "n/a: the defense cannot act on this model" in main.markdown()
+    bar = passes_bar(table)
+    assert set(bar.loc[bar.status == "not applicable", "label"]) == {"anp", "clp"} and not bar.passes.any()
+    agg = mean_sd(runs, ["model", "defense"], ["asr_after"])
+    assert agg.set_index(["model", "defense"]).loc[("rnn", "anp"), "status"] == "not applicable"
+    assert mean_sd(runs, ["defense"], ["asr_after"]).set_index("defense").loc["anp", "status"] == \
+        "not applicable in 2 of 4"
+
+
+def test_a_refusal_from_inside_the_run_is_recorded_and_other_errors_still_fail(fake_cells):
+    from bdlib.models.contract import DefenseNotApplicable
+
+    _, fail = fake_cells
+    fail[("ft", "smallcnn")] = DefenseNotApplicable("FT cannot defend SmallCNN: found out late")
+    study = Study("smoke", models=["smallcnn"], attacks=["badnets"], include_clean=False, defenses={"ft": {}})
+    row = study.run(serial=True, progress=False).query("defense == 'ft'").iloc[0]
+    assert row.status == "not applicable" and row.reason == "FT cannot defend SmallCNN: found out late"
+    fail[("ft", "smallcnn")] = RuntimeError("a real bug")
+    with pytest.raises(RuntimeError, match="a real bug"):
+        study.run(serial=True, progress=False)
+    with pytest.raises(DefenseNotApplicable, match="ANP cannot defend StackedLSTM"):  # a single cell still raises
+        Study("smoke", models=["rnn"], attacks=["badnets"], defenses={"anp": {}}).defense_cells()[0].run()
+
+
+def test_a_study_read_back_from_the_store_shows_the_refused_cells(fake_cells):
+    study = Study("smoke", models=["rnn"], attacks=["badnets"], include_clean=False, defenses={"ft": {}, "anp": {}})
+    with pytest.raises(LookupError, match="not in the store yet"):
+        study.table()
+    study.run(serial=True, progress=False)
+    table = study.table()  # computes nothing: ft is stored, anp is decided again by the probe
+    assert dict(zip(table.defense, table.status)) == {"none": "ok", "ft": "ok", "anp": "not applicable"}
+
+
+# --- issue 12: per-cell poisoning rates --------------------------------------------------------------------
+def test_rates_expand_victims_and_reach_the_victim_and_its_defense_runs(fake_cells):
+    import inspect
+
+    from bdlib.pipeline import Experiment
+
+    log, _ = fake_cells
+    study = Study("smoke", attacks=["badnets"], rates=[0.005, 0.1], defenses={"ft": {}}, include_clean=True)
+    victims = study.victim_cells()
+    assert [(v.attack, v.rate) for v in victims] == [(None, None), ("badnets", 0.005), ("badnets", None)]  # 10 %: the profile's
+    assert victims[2] == Study("smoke", attacks=["badnets"], defenses={"ft": {}}).victim_cells()[1]  # the same cell
+    table = study.run(serial=True, progress=False)
+    assert sorted(table.poison_rate.unique()) == [0.005, 0.1]
+    assert table.groupby("poison_rate").size().to_dict() == {0.005: 2, 0.1: 2}  # victim + ft at each rate
+    assert ("defend", "ft", "smallcnn", "badnets", 0.005, 0) in log  # the defense ran on the 0.5 % victim
+    # what DefenseCell relies on: Experiment.defend forwards attack_knobs to these, and each takes `rate`
+    for method in (Experiment.backdoored_model, Experiment.evaluate, Experiment.attack_config):
+        assert "rate" in inspect.signature(method).parameters
+    with pytest.raises(TypeError, match="rates"):
+        Study("smoke", rates=0.01)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        Study("smoke", rates=[0.01, 5])
+    with pytest.raises(ValueError, match="repeat"):
+        Study("smoke", rates=[0.01, 0.01])
+
+
+def test_poison_rate_grid_and_its_tables(fake_cells):
+    from bdlib import poison_rate as pr
+
+    assert pr.grid_for("default")["rates"] == (0.005, 0.01, 0.02, 0.05, 0.1)
+    assert set(pr.grid_for("default")["attacks"]) == {"badnets", "pbsm", "vsvc"} and pr.grid_for("paper")["seeds"]
+    study = pr.rate_study("smoke", seeds=[0, 1], models=["smallcnn"])
+    assert len(study.defense_cells()) == 2 * 2 * 3  # seeds x rates x methods
+    rows = pr.rate_rows(study.run(serial=True, progress=False))
+    assert list(rows.method.unique()) == [pr.NO_DEFENSE, pr.FT_BACKDOORBENCH, pr.FT_MATCHED, pr.GNFT_APPROX]
+    assert not rows.duplicated(["model", "attack", "poison_rate", "method", "seed"]).any() and len(rows) == 16
+    summary = pr.rate_summary(rows)
+    assert len(summary) == 8 and (summary.asr_after_n == 2).all()
+    frame = pr.rate_frame(summary)
+    assert frame.loc[("smallcnn", "badnets", 1.0), (pr.GNFT_APPROX, "ASR")] == "45.0 ± 7.1"
+    assert frame.loc[("smallcnn", "badnets", 10.0), (pr.NO_DEFENSE, "ASR")] == "100.0 ± 0.0"
+    counts = pr.poisoned_counts(study)
+    assert set(counts.poison_rate) == {0.01, 0.1} and (counts.n_train == 320).all()
+
+
+def test_defend_victims_skips_a_refused_model_naming_it_and_runs_the_rest(fake_cells, capsys):
+    """A defense notebook (bdlib.pipeline.defend_victims) over two models, one of which ANP
+    refuses: the refused victim is reported by name and reason, the other is defended."""
+    from bdlib import pipeline
+
+    log, _ = fake_cells
+    smoke = pipeline.get_profile("smoke", models=("smallcnn", "rnn"))
+    records = pipeline.defend_victims("anp", smoke, attacks=["badnets"], progress=False)
+    assert [r["config"]["victim"]["model"] for r in records] == ["smallcnn"]
+    assert all("status" not in r for r in records)  # only runs that happened come back
+    out = capsys.readouterr().out
+    assert "anp does not apply to rnn (badnets): ANP cannot defend StackedLSTM" in out
+    assert {(e[1], e[2]) for e in log if e[0] == "defend"} == {("anp", "smallcnn")}

@@ -88,6 +88,9 @@ def test_the_same_seed_twice_and_several_models_are_refused():
         main_table(pd.concat([table, table.assign(model="cnn2")]))
     both = main_table(pd.concat([table, table.assign(model="cnn2")]), row=["model", "label"])
     assert len(both.frame()) == 6
+    # each model's block together, its undefended victim first (issue 13: notebook 50 with several models)
+    assert list(both.frame().index) == [f"{m} / {lab}" for m in ("cnn2", "smallcnn")  # the cells' order
+                                        for lab in (NO_DEFENSE, "ft", "gnft-approx")]
 
 
 def test_best_is_highest_acc_and_lowest_asr_among_defenses_ties_all_marked():
@@ -159,6 +162,19 @@ def test_passes_bar_on_means_over_seeds():
     assert not bar.loc[("blended", "gnft-approx"), "keeps_acc"]
     assert (bar.n == 3).all() and NO_DEFENSE not in bar.index.get_level_values("label")
     assert not passes_bar(study_table(grid), asr_bar=0.19).loc[lambda b: b.label == "gnft-approx"].passes.any()
+
+
+def test_passes_bar_judges_each_model_on_its_own():
+    """Issue 13: a study of several models gets one verdict per (attack, label, model), each against
+    its own victim; one model keeps the columns and rows it always had."""
+    one = study_table(GRID)
+    other = one.assign(model="resnet", asr_after=one.asr_after.where(one.label == "none", 1.0))  # nothing passes
+    bar = passes_bar(pd.concat([one, other], ignore_index=True)).set_index(["attack", "label", "model"])
+    assert len(bar) == 8 and (bar.n == 3).all()
+    alone = passes_bar(one).set_index(["attack", "label"]).passes
+    assert bar.passes.xs("smallcnn", level="model").to_dict() == alone.to_dict()
+    assert not bar.passes.xs("resnet", level="model").any()
+    assert list(passes_bar(one).columns[:4]) == ["attack", "label", "model", "dataset"]
 
 
 def test_the_victims_own_row_wins_and_disagreeing_before_numbers_without_one_raise():
