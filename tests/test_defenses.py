@@ -107,7 +107,8 @@ def test_bad_defense_input_is_explained():
         make_defense("gnft", lamda=0.1)
     with pytest.raises(ValueError, match="valid: approx, exact"):
         make_defense("gnft", mode="hessian")
-    with pytest.raises(UnknownNameError, match="valid defenses: anp, clp, fp, ft, ftsam, gnft, ibau, nad, tsbd"):
+    with pytest.raises(UnknownNameError,
+                       match="valid defenses: anp, clp, fp, ft, ftsam, gnft, gnft_prune, ibau, nad, tsbd"):
         make_defense("fine-pruning")
 
 

@@ -98,7 +98,8 @@ def _needed_part(defense: str, knobs: dict) -> str | None:
     """The declared part a defense works on (None: any differentiable model)."""
     if defense == "fp":
         return knobs.get("layer", "classifier")
-    return {"nad": "attention_layers", "anp": "norm_layers", "clp": "conv_norm_pairs"}.get(defense)
+    return {"nad": "attention_layers", "anp": "norm_layers", "clp": "conv_norm_pairs",
+            "gnft_prune": "last_conv"}.get(defense)
 
 
 def _data():

@@ -12,6 +12,7 @@ from .fp import FinePruning
 from .ft import FineTuning
 from .ftsam import FTSAM
 from .gnft import GNFT
+from .gnft_prune import GNFTPrune
 from .ibau import IBAU
 from .nad import NAD
 from .tsbd import TSBD
@@ -19,6 +20,7 @@ from .tsbd import TSBD
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 DEFENSES.add("ft", FineTuning)
 DEFENSES.add("gnft", GNFT)
+DEFENSES.add("gnft_prune", GNFTPrune)
 DEFENSES.add("fp", FinePruning)
 DEFENSES.add("ftsam", FTSAM)
 DEFENSES.add("clp", CLP)
