@@ -180,6 +180,20 @@ def _one_row_per_cell(frame: pd.DataFrame, cell: list[str], name: str) -> None:
                               "filter or aggregate the table before publishing it")
 
 
+def _several_models(frame: pd.DataFrame) -> bool:
+    """Whether the table holds several models (column ``model``): the drawers then give each
+    model its own panels or labels; with one model (or none named) they draw as before."""
+    return "model" in frame and frame["model"].nunique() > 1
+
+
+def _by_victim(frame: pd.DataFrame) -> pd.DataFrame:
+    """``attack`` relabelled ``<model> / <attack>`` when the table holds several models, so a
+    per-attack figure shows one entry per victim instead of refusing (or averaging) them."""
+    if not _several_models(frame):
+        return frame
+    return frame.assign(attack=frame["model"].astype(str) + " / " + frame["attack"].astype(str))
+
+
 def _same_per(frame: pd.DataFrame, by: str, columns: list[str], name: str) -> pd.DataFrame:
     """One value of each of ``columns`` per ``by`` (the victim's before-metrics per attack)."""
     varying = [c for c in columns if frame.groupby(by)[c].nunique(dropna=False).gt(1).any()]
@@ -190,10 +204,12 @@ def _same_per(frame: pd.DataFrame, by: str, columns: list[str], name: str) -> pd
 
 
 def observation_gradients(frame: pd.DataFrame):
-    """Per-unit clean-loss gradient norm by unit class (box plots, log scale): rows attacks,
-    columns layers, hue the stage. Units with a zero gradient are left off the log axis."""
+    """Per-unit clean-loss gradient norm by unit class (box plots, log scale): rows attacks
+    (``<model> / <attack>`` when the table holds several models), columns layers, hue the
+    stage. Units with a zero gradient are left off the log axis."""
     import seaborn as sns
 
+    frame = _by_victim(frame)
     shown = frame[frame.grad_norm > 0].astype({"class": str})
     g = sns.catplot(data=shown, x="class", y="grad_norm", hue="stage", row="attack", col="layer", kind="box",
                     order=list(UNIT_CLASSES), hue_order=_in_order(frame.stage, STAGES),
@@ -206,13 +222,15 @@ def observation_gradients(frame: pd.DataFrame):
 
 
 def budget_curves(frame: pd.DataFrame):
-    """ASR (solid) and ACC (dashed) against fine-tuning steps, mean ± sd over seeds; columns
-    clean-clip budgets, rows attack × learning rate; FT blue, GN-FT red; the ASR bar dotted
-    (column ``asr_bar``, when the table has it). Rows that differ in anything but the seed
-    within one (attack, lr, n_clean, method, step) are refused."""
+    """ASR (solid) and ACC (dashed) against fine-tuning steps, mean ± sd over seeds, each seed's
+    ASR as a faint line (three seeds can split: the band alone hides it); columns clean-clip budgets, rows attack × learning rate (``<model> / <attack>`` when the table
+    holds several models); FT blue, GN-FT red; the ASR bar dotted (column ``asr_bar``, when the
+    table has it). Rows that differ in anything but the seed within one (attack[, model], lr,
+    n_clean, method, step) are refused."""
     import matplotlib.pyplot as plt
 
     name = "41_budget_curves"
+    frame = _by_victim(frame)
     curve = ["attack", "lr", "n_clean", "method", "step"]
     _one_row_per_cell(frame, curve + ["seed"], name)
     s = frame.groupby(curve)[["asr", "acc"]].agg(["mean", "std"])
@@ -236,10 +254,13 @@ def budget_curves(frame: pd.DataFrame):
                     ax.plot(d.step, d[f"{m}_mean"], ls, c=c, label=f"{method} {m.upper()}" if i == j == 0 else None)
                     sd = d[f"{m}_sd"].fillna(0)
                     ax.fill_between(d.step, d[f"{m}_mean"] - sd, d[f"{m}_mean"] + sd, color=c, alpha=0.15)
+                one = frame[(frame.attack == attack) & (frame.lr == lr) & (frame.n_clean == n) & (frame.method == method)]
+                for _, per_seed in one.groupby([k for k in ("model", "seed") if k in one], sort=True):
+                    ax.plot(per_seed.step, per_seed.asr, "-", c=c, lw=0.6, alpha=0.45)  # each seed's ASR, faint
             if len(bars):
                 ax.axhline(float(bars[0]), ls=":", c="k", lw=1)
             ax.set_xscale("symlog", linthresh=10)  # step 0 (the victim) stays on the axis
-            ax.set(ylim=(0, 1.02), title=f"{attack}, lr {lr:g}, n={n}",
+            ax.set(ylim=(0, 1.02), xlim=(0, max(1, s.step.max())), title=f"{attack}, lr {lr:g}, n={n}",
                    xlabel="steps" if i == len(panels) - 1 else None)
     fig.legend(loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -247,12 +268,14 @@ def budget_curves(frame: pd.DataFrame):
 
 
 def defense_grid(frame: pd.DataFrame):
-    """Heatmaps of ASR after, ACC after and DER, defense × attack, with the undefended victim
-    (``none``) as the first row of ASR and ACC; one run per (defense, attack) cell."""
+    """Heatmaps of ASR after, ACC after and DER, defense × attack (``<model> / <attack>`` when
+    the table holds several models), with the undefended victim (``none``) as the first row of
+    ASR and ACC; one run per (defense, attack[, model]) cell."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     name = "90_defense_grid"
+    frame = _by_victim(frame)
     _one_row_per_cell(frame, ["defense", "attack"], name)
     grid = {m: frame.pivot(index="defense", columns="attack", values=v)
             for m, v in (("asr", "asr_after"), ("acc", "acc_after"), ("der", "der"))}
@@ -269,10 +292,11 @@ def defense_grid(frame: pd.DataFrame):
 
 
 def attack_bars(frame: pd.DataFrame):
-    """ACC and ASR of every undefended victim (bars; a 44.1 kHz victim is labelled so), with
-    the 90 % ASR bar dashed."""
+    """ACC and ASR of every undefended victim (bars; a 44.1 kHz victim is labelled so, and each
+    bar ``<model> / <attack>`` when the table holds several models), with the 90 % ASR bar dashed."""
     import matplotlib.pyplot as plt
 
+    frame = _by_victim(frame)
     fig, ax = plt.subplots(figsize=(11, 3.2))
     lab = frame.attack + frame.sample_rate.map(lambda sr: "" if sr == 16000 else f" ({sr / 1000:.1f} kHz)")
     x = range(len(frame))
@@ -286,38 +310,229 @@ def attack_bars(frame: pd.DataFrame):
 
 
 def asr_before_after(frame: pd.DataFrame):
-    """ASR before → after per attack (bars), one panel per defense: every defense notebook's
-    figure (:func:`bdlib.plots.asr_before_after` publishes it)."""
+    """ASR before → after per attack (bars), one panel per defense and, when the table holds
+    several models, one row of panels per model: every defense notebook's figure
+    (:func:`bdlib.plots.asr_before_after` publishes it). One run per (attack, defense[, model])."""
     import seaborn as sns
 
-    long = frame.melt(id_vars=["attack", "defense"], value_vars=["asr_before", "asr_after"], var_name="when",
-                      value_name="ASR")
+    several = _several_models(frame)
+    victim = ["attack", "defense"] + (["model"] if several else [])
+    _one_row_per_cell(frame, victim, "ASR before/after")
+    long = frame.melt(id_vars=victim, value_vars=["asr_before", "asr_after"], var_name="when", value_name="ASR")
+    rows = {"row": "model", "row_order": _in_order(frame.model)} if several else {}
     g = sns.catplot(data=long, x="attack", y="ASR", hue="when", col="defense", kind="bar", height=3.5,
-                    aspect=max(1.2, 0.3 * long.attack.nunique()))
+                    aspect=max(1.2, 0.3 * long.attack.nunique()), **rows)
     g.set(ylim=(0, 1))
     g.tick_params(axis="x", rotation=30)
     return g.figure
 
 
+def snr_control(frame: pd.DataFrame):
+    """ASR of the clean model and of the victim on the same triggered test clips against the
+    test-time SNR of the trigger (louder to the right), one panel per model (column ``model``,
+    when the table has it); the gap between the two lines, shaded, is the part of the victim's
+    ASR the backdoor accounts for (:func:`bdlib.controls.snr_control`)."""
+    import matplotlib.pyplot as plt
+
+    name = "15_flowmur_control"
+    frame = frame.assign(model=frame["model"] if "model" in frame else "")
+    _one_row_per_cell(frame, ["model", "model_kind", "snr_db"], name)
+    models = _in_order(frame.model)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        wide = frame[frame.model == model].pivot(index="snr_db", columns="model_kind", values="asr")
+        wide = wide.sort_index(ascending=False)
+        for kind, colour in (("clean", "tab:blue"), ("victim", "tab:red")):
+            if kind in wide:
+                ax.plot(wide.index, wide[kind], "o-", c=colour, label=f"{kind} model")
+        if {"clean", "victim"} <= set(wide.columns):
+            ax.fill_between(wide.index, wide["clean"], wide["victim"], color="tab:red", alpha=0.15,
+                            label="victim − clean (backdoor)")
+        ax.invert_xaxis()  # the trigger grows louder to the right
+        ax.set(ylim=(0, 1.02), xlabel="test-time trigger SNR (dB)", ylabel="ASR",
+               title=f"clean-model control{f' ({model})' if model else ''}")
+        ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES.add("15_flowmur_control", Drawer(
+    snr_control, ("model_kind", "snr_db", "asr"), optional=("model", "n"),
+    about="notebook 15: FlowMur ASR of the clean model and the victim at each test-time SNR"))
 FIGURES.add("31_observation_gradients", Drawer(
-    observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"),
+    observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"), optional=("model",),
     about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
 FIGURES.add("41_budget_curves", Drawer(
-    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar",),
+    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar", "model"),
     about="notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds"))
 FIGURES.add("90_defense_grid", Drawer(
-    defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"),
+    defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))
 FIGURES.add("90_attacks", Drawer(
-    attack_bars, ("attack", "sample_rate", "acc", "asr"),
+    attack_bars, ("attack", "sample_rate", "acc", "asr"), optional=("model",),
     about="notebook 90: ACC and ASR of every undefended victim"))
 #: the defense notebooks' ASR bars (bdlib.plots.asr_before_after), one name each
 DEFENSE_ASR_FIGURES = ("20_ft_asr", "21_gnft_asr", "22_fp_asr", "23_ftsam_asr", "24_clp_asr", "25_nad_asr",
                        "26_tsbd_asr", "27_anp_asr", "28_ibau_asr")
 for _name in DEFENSE_ASR_FIGURES:
     FIGURES.add(_name, Drawer(asr_before_after, ("attack", "defense", "asr_before", "asr_after"),
-                              about=f"notebook {_name[:2]}: ASR before and after the defense, per attack"))
+                              optional=("model",), about=f"notebook {_name[:2]}: ASR before and after the defense, per attack"))
 del _name
 
 __all__ = ["DEFENSE_ASR_FIGURES", "Drawer", "FIGURES", "FORMATS", "FigureDataError", "RedrawReport", "draw", "publish",
            "read_table", "redraw"]
+
+
+# --- notebook 42: GN-FT's ablations (bdlib.ablation) ---------------------------------------------
+#: the ablations' titles (bdlib.ablation.TITLES; not imported: that would pull torch into every redraw)
+GNFT_ABLATIONS = {"alpha": "α (r fixed)", "r": "r (α fixed)", "mode": "exact vs approx",
+                  "norm": "per-tensor vs global norm", "defense": "pruning stage"}
+
+
+def gnft_alpha_r(frame: pd.DataFrame):
+    """ASR (red, solid) and ACC (blue, dashed) after GN-FT against α (r fixed) and against r
+    (α fixed), mean ± sd over seeds (error bars), one row of panels per attack (``<model> /
+    <attack>`` when the table holds several models); tick labels give λ = α·r; the victims' mean
+    ASR and ACC dotted (columns ``asr_before``/``acc_before``, when present). One row per
+    (ablation, attack, α, r, seed): anything else is refused, never averaged."""
+    import matplotlib.pyplot as plt
+
+    name = "42_gnft_alpha_r"
+    frame = _by_victim(frame)
+    frame = frame[frame["ablation"].isin(["alpha", "r"])]
+    _one_row_per_cell(frame, ["ablation", "attack", "alpha", "r", "seed"], name)
+    factors = [f for f in ("alpha", "r") if f in set(frame["ablation"])]
+    attacks = _in_order(frame["attack"])
+    fig, axes = plt.subplots(len(attacks), len(factors), figsize=(4.4 * len(factors), 2.9 * len(attacks)),
+                             squeeze=False, sharey=True)
+    for i, attack in enumerate(attacks):
+        for j, f in enumerate(factors):
+            ax = axes[i][j]
+            d = frame[(frame["attack"] == attack) & (frame["ablation"] == f)]
+            fixed = "r" if f == "alpha" else "alpha"
+            if d[fixed].nunique() > 1:
+                raise FigureDataError(f"figure {name!r}: {fixed} varies within the {f} sweep of {attack}")
+            s = d.groupby(f)[["asr_after", "acc_after"]].agg(["mean", "std"]).sort_index()
+            x = list(range(len(s)))  # evenly spaced: the values are few and not on one scale
+            for m, style, c, label in (("asr_after", "o-", "tab:red", "ASR after"),
+                                       ("acc_after", "s--", "tab:blue", "ACC after")):
+                ax.errorbar(x, s[(m, "mean")], yerr=s[(m, "std")].fillna(0), fmt=style, c=c, capsize=3,
+                            label=label if i == j == 0 else None)
+            for m, c in (("asr_before", "tab:red"), ("acc_before", "tab:blue")):
+                if m in d:
+                    ax.axhline(d[m].mean(), ls=":", c=c, lw=1,
+                               label=f"victim {m[:3].upper()}" if i == j == 0 else None)
+            other = float(d[fixed].iloc[0]) if len(d) else float("nan")
+            ax.set_xticks(x, [f"{v:g}\nλ={v * other:.3g}" for v in s.index])
+            ax.set_xlim(-0.5, len(x) - 0.5)
+            symbol = {"alpha": "α", "r": "r"}
+            ax.set(ylim=(0, 1.05), xlabel=symbol[f] if i == len(attacks) - 1 else None,
+                   title=f"{attack}: {symbol[f]} ({symbol[fixed]} = {other:g})")
+    fig.legend(loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.03))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def gnft_variants(frame: pd.DataFrame):
+    """Exact vs approx, per-tensor vs global norm, and GN-FT with vs without the pruning stage
+    (one row of panels each, those present): ASR after, ACC after and the defense's wall time,
+    bars the mean over seeds with sd error bars and each seed a dot, per attack (``<model> /
+    <attack>`` when the table holds several models). Within a row, the first value (the centre,
+    when column ``centre`` says which) is the left bar. One row per (ablation, attack, value,
+    seed): anything else is refused."""
+    import matplotlib.pyplot as plt
+
+    name = "42_gnft_variants"
+    frame = _by_victim(frame)
+    frame = frame[frame["ablation"].isin(["mode", "norm", "defense"])].astype({"value": str})
+    _one_row_per_cell(frame, ["ablation", "attack", "value", "seed"], name)
+    ablations = _in_order(frame["ablation"], ("mode", "norm", "defense"))
+    metrics = (("asr_after", "ASR after"), ("acc_after", "ACC after"), ("time_s", "defense time (s)"))
+    fig, axes = plt.subplots(len(ablations), len(metrics), figsize=(13, 2.9 * len(ablations)), squeeze=False)
+    for i, ab in enumerate(ablations):
+        d = frame[frame["ablation"] == ab]
+        centre = list(pd.unique(d.loc[d["centre"].astype(str) == "True", "value"])) if "centre" in d else []
+        values = _in_order(d["value"], tuple(centre))
+        attacks = _in_order(d["attack"])
+        width = 0.8 / len(values)
+        for j, (m, label) in enumerate(metrics):
+            ax = axes[i][j]
+            for k, v in enumerate(values):
+                offset = (k - (len(values) - 1) / 2) * width
+                dv = d[d["value"] == v]
+                s = dv.groupby("attack")[m].agg(["mean", "std"]).reindex(attacks)
+                xs = [a + offset for a in range(len(attacks))]
+                ax.bar(xs, s["mean"], width, yerr=s["std"].fillna(0), capsize=2, color=f"C{k}",
+                       alpha=0.8, label=v if j == len(metrics) - 1 else None)
+                pos = dv["attack"].map({a: n for n, a in enumerate(attacks)}) + offset
+                ax.scatter(pos, dv[m], s=8, c="k", zorder=3)
+            ax.set_xticks(range(len(attacks)), attacks, rotation=20, ha="right")
+            if m != "time_s":
+                ax.set_ylim(0, 1.05)
+            ax.set_title(f"{GNFT_ABLATIONS.get(ab, ab)}: {label}", fontsize="medium")
+        axes[i][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+FIGURES.add("42_gnft_alpha_r", Drawer(
+    gnft_alpha_r, ("ablation", "attack", "alpha", "r", "seed", "asr_after", "acc_after"),
+    optional=("model", "asr_before", "acc_before"),
+    about="notebook 42: ASR/ACC after GN-FT against α and against r (one factor at a time), mean ± sd over seeds"))
+FIGURES.add("42_gnft_variants", Drawer(
+    gnft_variants, ("ablation", "attack", "value", "seed", "asr_after", "acc_after", "time_s"),
+    optional=("model", "centre"),
+    about="notebook 42: exact vs approx, per-tensor vs global norm, GN-FT vs GN-FT+pruning: ASR, ACC, time"))
+
+
+# --- notebook 43: the poisoning-rate ablation (bdlib.poison_rate) ----------------------------
+#: method order and colours of notebook 43 (bdlib.poison_rate's names; others get the next colours)
+POISON_RATE_METHODS = {"no defense": "k", "FT (BackdoorBench)": "tab:blue", "FT at GN-FT's optimiser": "tab:purple",
+                       "GN-FT (approx)": "tab:red"}
+
+
+def poison_rate_curves(frame: pd.DataFrame):
+    """ASR (top row) and ACC (bottom row) against the poisoning rate (log axis, ticks at the
+    rates, in %), one column per attack (``<model> / <attack>`` when the table holds several
+    models), one line per method (the undefended victim dashed), mean ± sd over seeds as error
+    bars. Rows that share (attack[, model], poison_rate, method, seed) are refused."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    name = "43_poison_rate"
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["attack", "poison_rate", "method", "seed"], name)
+    s = frame.groupby(["attack", "poison_rate", "method"])[["asr_after", "acc_after"]].agg(["mean", "std"])
+    s.columns = [f"{m}_{'sd' if stat == 'std' else stat}" for m, stat in s.columns]
+    s = s.reset_index()
+    attacks = _in_order(frame.attack)
+    rates = sorted(s.poison_rate.unique())
+    colours = dict(POISON_RATE_METHODS)
+    extra = [m for m in _in_order(s.method) if m not in colours]
+    colours.update({m: f"C{3 + i}" for i, m in enumerate(extra)})
+    shown = [m for m in colours if m in set(s.method)]
+    fig, axes = plt.subplots(2, len(attacks), figsize=(3.8 * len(attacks), 5.2), squeeze=False, sharex=True,
+                             sharey="row")
+    for j, attack in enumerate(attacks):
+        for i, (metric, label) in enumerate((("asr_after", "ASR"), ("acc_after", "ACC"))):
+            ax = axes[i][j]
+            for method in shown:
+                d = s[(s.attack == attack) & (s.method == method)].sort_values("poison_rate")
+                ax.errorbar(d.poison_rate, d[f"{metric}_mean"], yerr=d[f"{metric}_sd"].fillna(0), capsize=2,
+                            marker="o", ms=3.5, lw=1.2, c=colours[method], ls="--" if method == "no defense" else "-",
+                            label=method if i == j == 0 else None)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(rates))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{r * 100:g}" for r in rates])
+            ax.set(ylim=(0, 1.02), ylabel=f"{label} after" if j == 0 else None,
+                   xlabel="poisoning rate (%)" if i == 1 else None, title=attack if i == 0 else None)
+    fig.legend(loc="lower center", ncol=len(shown), bbox_to_anchor=(0.5, -0.02), fontsize="small")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+FIGURES.add("43_poison_rate", Drawer(
+    poison_rate_curves, ("attack", "poison_rate", "method", "seed", "asr_after", "acc_after"), optional=("model",),
+    about="notebook 43: ASR/ACC of the victim and after FT, FT at GN-FT's optimiser and GN-FT against the "
+          "poisoning rate, mean ± sd over seeds"))

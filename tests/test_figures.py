@@ -30,7 +30,8 @@ def _close_figures():
 
 def _observation() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    rows = [{"attack": "badnets", "stage": s, "layer": "fc1", "class": c, "grad_norm": float(rng.uniform(1e-4, 1e-1))}
+    rows = [{"attack": "badnets", "model": "smallcnn", "stage": s, "layer": "fc1", "class": c,
+             "grad_norm": float(rng.uniform(1e-4, 1e-1))}
             for s in ("victim", "after FT", "after GN-FT") for c in ("backdoor", "hybrid", "clean", "dormant")
             for _ in range(3)]
     rows[0]["grad_norm"] = 0.0  # a dead unit: left off the log axis
@@ -38,7 +39,7 @@ def _observation() -> pd.DataFrame:
 
 
 def _budget() -> pd.DataFrame:
-    rows = [{"attack": "badnets", "lr": lr, "n_clean": n, "method": m, "step": st, "seed": sd,
+    rows = [{"attack": "badnets", "model": "smallcnn", "lr": lr, "n_clean": n, "method": m, "step": st, "seed": sd,
              "asr": 1.0 - 0.01 * st * (sd + 1), "acc": 0.5 + 0.01 * st, "asr_bar": 0.2}
             for lr in (1e-3, 1e-2) for n in (8, 16) for m in ("ft", "gnft") for st in (0, 2, 5) for sd in (0, 1)]
     return pd.DataFrame(rows)
@@ -46,25 +47,54 @@ def _budget() -> pd.DataFrame:
 
 def _defense_grid() -> pd.DataFrame:
     before = {"badnets": (1.0, 0.9), "blended": (0.98, 0.92)}
-    return pd.DataFrame([{"defense": d, "attack": a, "asr_before": before[a][0], "acc_before": before[a][1],
+    return pd.DataFrame([{"defense": d, "attack": a, "model": "smallcnn", "asr_before": before[a][0],
+                          "acc_before": before[a][1],
                           "asr_after": 0.5, "acc_after": 0.8, "der": 0.7}
                          for d in ("ft", "gnft-approx") for a in before])
 
 
 def _attacks() -> pd.DataFrame:
-    return pd.DataFrame({"attack": ["badnets", "ultrasonic"], "sample_rate": [16000, 44100], "acc": [0.9, 0.88],
-                         "asr": [1.0, 0.97]})
+    return pd.DataFrame({"attack": ["badnets", "ultrasonic"], "model": "smallcnn", "sample_rate": [16000, 44100],
+                         "acc": [0.9, 0.88], "asr": [1.0, 0.97]})
 
 
 def _asr_bars() -> pd.DataFrame:
-    return pd.DataFrame({"attack": ["badnets", "blended"], "defense": ["ft", "ft"], "asr_before": [1.0, 0.99],
-                         "asr_after": [0.9, 0.3]})
+    return pd.DataFrame({"attack": ["badnets", "blended"], "model": "smallcnn", "defense": ["ft", "ft"],
+                         "asr_before": [1.0, 0.99], "asr_after": [0.9, 0.3]})
+
+
+def _flowmur_control() -> pd.DataFrame:
+    return pd.DataFrame([{"model": "smallcnn", "model_kind": k, "snr_db": snr, "asr": asr, "n": 540}
+                         for k, curve in (("clean", (0.0, 0.01, 0.05, 0.15)), ("victim", (0.24, 0.64, 0.86, 0.89)))
+                         for snr, asr in zip((30, 20, 10, 0), curve)])
 
 
 #: a small table with exactly the documented columns, per drawer
 EXAMPLES = {figures.observation_gradients: _observation, figures.budget_curves: _budget,
-            figures.defense_grid: _defense_grid, figures.attack_bars: _attacks, figures.asr_before_after: _asr_bars}
+            figures.defense_grid: _defense_grid, figures.attack_bars: _attacks, figures.asr_before_after: _asr_bars,
+            figures.snr_control: _flowmur_control}
 DRAWERS = {FIGURES.get(n).draw: n for n in FIGURES.names()}  # one registered name per drawer
+
+
+# notebook 42 (bdlib.ablation): per-seed rows of GN-FT's one-factor-at-a-time ablations
+def _gnft_alpha_r() -> pd.DataFrame:
+    rows = [{"ablation": ab, "attack": a, "model": "smallcnn", "alpha": al, "r": r, "seed": sd,
+             "asr_after": 0.9 - 0.1 * al + 0.01 * sd, "acc_after": 0.8 + r, "asr_before": 1.0, "acc_before": 0.9}
+            for a in ("badnets", "blended") for sd in (0, 1)
+            for ab, al, r in (("alpha", 0.3, 0.05), ("alpha", 0.7, 0.05), ("r", 0.7, 0.01), ("r", 0.7, 0.05))]
+    return pd.DataFrame(rows)
+
+
+def _gnft_variants() -> pd.DataFrame:
+    rows = [{"ablation": ab, "attack": a, "model": "smallcnn", "value": v, "centre": k == 0, "seed": sd,
+             "asr_after": 0.9 - 0.1 * k, "acc_after": 0.8 + 0.01 * sd, "time_s": 1.0 + 3 * k}
+            for a in ("badnets", "blended") for sd in (0, 1)
+            for ab, vals in (("mode", ("approx", "exact")), ("norm", ("per_tensor", "global")),
+                             ("defense", ("gnft", "gnft_prune"))) for k, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+EXAMPLES.update({figures.gnft_alpha_r: _gnft_alpha_r, figures.gnft_variants: _gnft_variants})
 
 
 def test_every_drawer_has_an_example_and_the_unit_classes_match_observation():
@@ -97,6 +127,69 @@ def test_a_drawer_sees_only_its_columns_and_refuses_to_average_silently():
         figures.draw("41_budget_curves", two_models)
     with pytest.raises(FigureDataError, match="share a cell"):
         figures.draw("90_defense_grid", pd.concat([_defense_grid()] * 2))
+
+
+#: drawers that take the model column (issue 13): a table of several models is drawn per model
+PER_MODEL = {"31_observation_gradients": _observation, "41_budget_curves": _budget, "90_defense_grid": _defense_grid,
+             "90_attacks": _attacks, "20_ft_asr": _asr_bars}
+
+
+# notebook 43 (bdlib.poison_rate): per-seed rows of the victim and each method at every poisoning rate
+def _poison_rate() -> pd.DataFrame:
+    rows = [{"attack": a, "model": "smallcnn", "poison_rate": rate, "method": m, "seed": sd,
+             "asr_after": max(0.0, 1.0 - k * 0.2 - 0.01 * sd) * (1 if rate > 0.005 else 0.5),
+             "acc_after": 0.9 - 0.02 * k}
+            for a in ("badnets", "pbsm") for rate in (0.005, 0.01, 0.1) for sd in (0, 1)
+            for k, m in enumerate(("no defense", "FT (BackdoorBench)", "FT at GN-FT's optimiser", "GN-FT (approx)"))]
+    return pd.DataFrame(rows)
+
+
+EXAMPLES.update({figures.poison_rate_curves: _poison_rate})
+PER_MODEL["43_poison_rate"] = _poison_rate
+
+
+def test_poison_rate_curves_refuse_a_seed_twice_and_tick_the_rates():
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("43_poison_rate", pd.concat([_poison_rate()] * 2))
+    fig = figures.draw("43_poison_rate", _poison_rate())
+    assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["0.5", "1", "10"]
+    assert {ax.get_title() for ax in fig.axes} >= {"badnets", "pbsm"}
+
+
+def _two_models(example) -> pd.DataFrame:
+    one = example()
+    return pd.concat([one, one.assign(model="resnet")], ignore_index=True)
+
+
+def _texts(fig) -> set[str]:
+    return {t.get_text() for ax in fig.axes for t in [ax.title, *ax.get_xticklabels(), *ax.texts]} | {
+        t.get_text() for t in fig.texts}
+
+
+@pytest.mark.parametrize("name", sorted(PER_MODEL))
+def test_a_table_of_several_models_is_drawn_per_model_and_one_model_as_before(name, tmp_path):
+    """Issue 13: the model is a column of the table, never assumed; two models' rows get their own
+    panels or labels (named after the model) instead of being refused or averaged, and a table of one
+    model draws exactly as the same table without the column (the committed figures)."""
+    import io
+
+    frame = _two_models(PER_MODEL[name])
+    assert FIGURES.get(name).columns and "model" in FIGURES.get(name).optional
+    fig = figures.draw(name, frame)
+    shown = " ".join(_texts(fig))
+    assert "resnet" in shown and "smallcnn" in shown, shown
+    one = PER_MODEL[name]()
+    pngs = []
+    for table in (one, one.drop(columns="model")):
+        buf = io.BytesIO()
+        figures.draw(name, table).savefig(buf, format="png", dpi=50)
+        pngs.append(buf.getvalue())
+    assert pngs[0] == pngs[1]
+
+
+def test_asr_bars_refuse_two_runs_in_one_cell():
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("20_ft_asr", pd.concat([_asr_bars()] * 2))
 
 
 def test_publish_writes_the_csv_and_draws_from_it_read_back(tmp_path, monkeypatch, capsys):
