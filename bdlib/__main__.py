@@ -1,13 +1,16 @@
 """Command line.
 
-    python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--scheduler ADDR] [--device cuda]
-    python -m bdlib study --profile default [--serial] [--seeds 0 1 2] [--device cuda]
+    python -m bdlib run   --profile default [--dataset NAME --dataset-root PATH] [--models M ...] [--scheduler ADDR]
+                          [--device cuda]
+    python -m bdlib study --profile default [--models M ...] [--serial] [--seeds 0 1 2] [--device cuda]
     python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
     python -m bdlib store verify [--kind K] [--remove] | store remove KIND KEY
     python -m bdlib figures [--folder PATH] [--strict]
 
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
+``--models`` (registry names, :data:`bdlib.models.MODELS`; default the profile's) sets the
+architectures of the study and the ``models`` parameter of every notebook.
 ``--device`` (default ``$BDLIB_DEVICE``, else CUDA when present) is where models run; the
 stored results do not depend on it (bdlib/device.py says what does and does not stay
 bit-identical across devices).
@@ -46,6 +49,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="the attacks' target class by name (default: the profile's, index 2)")
 
 
+def _add_models_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="the architectures (bdlib.models.MODELS: smallcnn, largecnn, ...; default: the profile's); "
+                        "`run` also passes them to every notebook as its `models` parameter")
+
+
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
     from .device import CHOICES, ENV_VAR
 
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="compute the study, then execute every notebook in order with papermill")
     _add_data_args(run)
+    _add_models_arg(run)
     _add_cluster_args(run)
     _add_device_arg(run)
     run.add_argument("--seed", type=int, default=0)
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' own output")
     study = sub.add_parser("study", help="compute the collection's grid (victims, then defense runs) on Dask")
     _add_data_args(study)
+    _add_models_arg(study)
     _add_cluster_args(study)
     _add_device_arg(study)
     study.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -114,9 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 resolve_device(args.device)  # the notebooks run here: the device must be here
                 os.environ[ENV_VAR] = args.device  # inherited by the notebook kernels papermill starts
-            if not (args.only or args.no_study):
-                _study(args, seeds=[args.seed])
             parameters = dict(args.parameter)
+            if args.models:
+                parameters["models"] = list(args.models)
+            if isinstance(parameters.get("models"), str):  # -p models=smallcnn: a string, not a list
+                raise TypeError(f"models takes a list of names, got {parameters['models']!r}: "
+                                f"--models {parameters['models']} or -p \"models=['{parameters['models']}']\"")
+            if parameters.get("models") is not None:
+                from .models import MODELS
+
+                for m in parameters["models"]:
+                    MODELS.get(m)  # a misspelt model fails before the study and the notebooks, naming the valid ones
+            if not (args.only or args.no_study):
+                _study(args, seeds=[args.seed], models=parameters.get("models"))
             if args.target is not None:
                 parameters["target"] = args.target
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
@@ -180,13 +201,15 @@ def _figures(args) -> int:
     return 1 if args.strict and (report.no_csv or report.no_drawer) else 0
 
 
-def _study(args, seeds: list[int]) -> None:
+def _study(args, seeds: list[int], models=None) -> None:
     from .study import collection_study
 
+    models = models or getattr(args, "models", None)  # `run -p models=[...]` or --models; None: the profile's
     study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root,
-                             target=args.target, device=args.device)
+                             target=args.target, device=args.device, models=None if models is None else list(models))
     print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
-          f"({args.profile}, {args.dataset}, device {study.device or 'default'})", file=sys.stderr)
+          f"({args.profile}, {args.dataset}, models {', '.join(study.models)}, device {study.device or 'default'})",
+          file=sys.stderr)
     study.run(scheduler=args.scheduler, serial=args.serial)
     print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
 
