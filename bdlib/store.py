@@ -50,11 +50,9 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -65,9 +63,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
-from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes, load_file, save_file
+
+from .filelocks import held, hostname, pid_alive
 
 T = TypeVar("T")
 
@@ -151,22 +150,6 @@ def provenance() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _hostname() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: exists, belongs to someone else
-        return True
-    return True
 
 
 def _parse_scratch(name: str) -> tuple[str, str | None, int | None] | None:
@@ -379,7 +362,7 @@ class Store:
         return self.root / kind / ".locks" / f"{config_key(config)}.lock"
 
     def _scratch_name(self, prefix: str, key: str) -> str:
-        return f"{prefix}-{key}-{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        return f"{prefix}-{key}-{hostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def _kinds(self) -> list[str]:
         return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")) \
@@ -402,10 +385,10 @@ class Store:
 
     def _swapping(self, kind: str, key: str) -> bool:
         """Whether a writer is (or a dead writer was) in the middle of replacing ``key``."""
-        here = _hostname()
+        here = hostname()
         for d in (self.root / kind).glob(f".trash-{key}-*"):
             parsed = _parse_scratch(d.name)
-            if parsed is None or parsed[1] != here or _pid_alive(parsed[2]):
+            if parsed is None or parsed[1] != here or pid_alive(parsed[2]):
                 return True
         return False  # none, or only those of dead writers (clean_stale restores them)
 
@@ -475,21 +458,9 @@ class Store:
         entry's final path. Plain ``has``/``load_*``/``save`` need no lock.
         """
         key = config_key(config)
-        lock_file = self.lock_path(kind, config)
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        flock = FileLock(lock_file, is_singleton=True)
-        try:
-            flock.acquire(timeout=notice_after if timeout is None else min(notice_after, timeout))
-        except Timeout:
-            if timeout is not None and timeout <= notice_after:
-                raise
-            print(f"bdlib.store: waiting for {kind}/{key} (another process is computing it; lock {lock_file})",
-                  file=sys.stderr, flush=True)
-            flock.acquire(timeout=-1 if timeout is None else timeout - notice_after)
-        try:
+        with held(self.lock_path(kind, config), f"{kind}/{key} (another process is computing it)",
+                  notice_after=notice_after, timeout=timeout):
             yield self.root / kind / key
-        finally:
-            flock.release()
 
     # ----------------------------------------------------------------------------- writing
     def save(self, kind: str, config: dict, metrics: dict, tensors: dict[str, torch.Tensor] | None = None,
@@ -598,7 +569,7 @@ class Store:
         as corrupt (``.corrupt-*``) are kept.
         """
         kinds = [kind] if kind is not None else self._kinds()
-        here, removed = _hostname(), []
+        here, removed = hostname(), []
         for k in kinds:
             kind_dir = self.root / k
             _CLEANED.add((str(self.root.absolute()), k))
@@ -609,7 +580,7 @@ class Store:
                     continue
                 parsed = _parse_scratch(d.name)
                 if parsed is not None and parsed[1] in (None, here):
-                    stale = not _pid_alive(parsed[2])
+                    stale = not pid_alive(parsed[2])
                 else:
                     try:
                         stale = time.time() - d.lstat().st_mtime > FOREIGN_STALE_AGE_S

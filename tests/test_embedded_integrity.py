@@ -185,3 +185,49 @@ def test_killed_synthesis_leaves_no_trusted_manifest_and_resumes(tiny_set, tmp_p
     pd.testing.assert_frame_equal(resumed, manifest)  # resumed to exactly the set a clean run makes
     assert not (root / synth.PARTIAL).exists() and synth.verify_dataset(root) == []
     assert not [f for f in root.rglob(".*") if f.is_file()]  # no stale temp files
+
+
+def test_synthesis_spares_a_live_writers_temp_file_and_removes_a_dead_ones(tiny_set, tmp_path):
+    """CI failure of stop 17: one synthesiser deleted another's in-flight ``.tmp<pid>`` file,
+    whose ``os.replace`` then raised FileNotFoundError."""
+    root, manifest = tiny_set
+    copy = tmp_path / "set"
+    shutil.copytree(root, copy)
+    (copy / synth.MANIFEST).unlink()
+    manifest.drop(columns="sha256").to_csv(copy / synth.PARTIAL, index=False)  # an unfinished run
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        live_tmp, dead_tmp = copy / f".{synth.PARTIAL}.tmp{live.pid}", copy / f".{synth.PARTIAL}.tmp{dead.pid}"
+        live_tmp.write_text("in flight"), dead_tmp.write_text("abandoned")
+        again = synth.ensure_embedded_dataset(copy, *SIZES, seed=SEED, progress=False)
+        assert live_tmp.read_text() == "in flight" and not dead_tmp.exists()
+        assert list(again.sha256) == list(manifest.sha256)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_second_process_waits_for_the_first_synthesis(tiny_set, tmp_path):
+    """Two processes building one set take turns: while the lock is held nothing is written
+    into the folder, and once it is released the waiter finishes the same set."""
+    from bdlib.filelocks import held
+
+    root = tmp_path / "embedded-2-1-1-t1-seed5"
+    code = f"""
+        import sys
+        from bdlib.data import synth
+        m = synth.ensure_embedded_dataset(sys.argv[1], {SIZES[0]}, {SIZES[1]}, {SIZES[2]}, seed={SEED}, progress=False)
+        print("clips", len(m))
+    """
+    script = tmp_path / "waiter.py"
+    script.write_text(textwrap.dedent(code))
+    with held(synth.synthesis_lock(root), "test"):
+        proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        time.sleep(3.0)
+        assert proc.poll() is None and not (root / synth.PARTIAL).exists() and not root.exists()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "clips 40" in out, out
+    assert list(pd.read_csv(root / synth.MANIFEST).sha256) == list(tiny_set[1].sha256)

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from ..filelocks import held
 from .source import DataSource, as_name_tuple, scan_folder
 from .synth import KEYWORDS
 
@@ -97,7 +98,9 @@ class SpeechCommandsSource(DataSource):
     def build_manifest(self) -> pd.DataFrame:
         cfg, root = self.config, self.root
         if cfg.download and not (root.is_dir() and self.word_folders()):
-            download_speech_commands(root, cfg.version, cfg.url, cfg.checksum, progress=self.progress)
+            with held(download_lock(root), f"Speech Commands in {root} (another process is downloading it)"):
+                if not (root.is_dir() and self.word_folders()):  # the other process may have finished it
+                    download_speech_commands(root, cfg.version, cfg.url, cfg.checksum, progress=self.progress)
         available = self.word_folders()
         if cfg.version == 1 and any(w in available for w in V2_ONLY_WORDS):
             v2 = ", ".join(w for w in V2_ONLY_WORDS if w in available)
@@ -210,6 +213,11 @@ def safe_extract(archive: Path, dest: Path) -> None:
         tar.extractall(dest, members=members, **kwargs)
 
 
+def download_lock(dest: Path) -> Path:
+    """The lock file that keeps two processes from downloading into ``dest`` at once."""
+    return dest.parent / ".locks" / f"{dest.name}.download.lock"
+
+
 def download_speech_commands(dest: str | os.PathLike, version: int = 2, url: str | None = None,
                              checksum: str | None = None, *, progress: bool = True, keep_archive: bool = False) -> Path:
     """Download, verify and extract Speech Commands into ``dest``; returns ``dest``.
@@ -218,11 +226,18 @@ def download_speech_commands(dest: str | os.PathLike, version: int = 2, url: str
     The sha256 is checked against the published value (``checksum`` overrides it; a
     mirror ``url`` is checked against the release's value); a mismatch deletes the part
     and raises :class:`ChecksumError` naming the file. The archive is removed after
-    extraction unless ``keep_archive``.
+    extraction unless ``keep_archive``. Two processes downloading into one ``dest`` take
+    turns (an OS lock beside it), so they never append to the same part file.
     """
     if version not in SPEECH_COMMANDS_URLS:
         raise ValueError(f"Speech Commands version must be one of {list(SPEECH_COMMANDS_URLS)}, got {version!r}")
     dest = Path(dest)
+    with held(download_lock(dest), f"Speech Commands in {dest} (another process is downloading it)"):
+        return _download_locked(dest, version, url, checksum, progress, keep_archive)
+
+
+def _download_locked(dest: Path, version: int, url: str | None, checksum: str | None, progress: bool,
+                     keep_archive: bool) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     url = url or SPEECH_COMMANDS_URLS[version]
     expected = checksum or SPEECH_COMMANDS_SHA256[version]

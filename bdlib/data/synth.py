@@ -33,6 +33,7 @@ import pandas as pd
 from tqdm import tqdm  # text bars: readable in papermill outputs too
 
 from ..audio import fit_length, resample_np, write_wav
+from ..filelocks import held, pid_alive
 from . import espeak
 from .espeak import ACCENTS, VARIANTS, espeak_version, synth_in_workers, synth_rows
 
@@ -154,10 +155,20 @@ def _write_csv_atomically(df: pd.DataFrame, path: Path) -> None:
 
 
 def _remove_stale_temp_files(root: Path) -> None:
-    """Temp files of atomic writes that a killed run left behind (``.name.tmpPID``)."""
+    """Temp files of atomic writes that a killed run left behind (``.name.tmpPID``).
+
+    Only those whose writer is dead: a live writer's temp file vanishing under it is the
+    ``FileNotFoundError`` two concurrent synthesisers of one set used to hit.
+    """
     for f in root.rglob(".*.tmp*"):
-        if f.is_file():
+        pid = f.name.rpartition(".tmp")[2]
+        if f.is_file() and not (pid.isdigit() and pid_alive(int(pid))):
             f.unlink(missing_ok=True)
+
+
+def synthesis_lock(root: Path) -> Path:
+    """The lock file that serialises building the set under ``root`` (beside it, not in it)."""
+    return root.parent / ".locks" / f"{root.name}.lock"
 
 
 def synthesize_dataset(root: str | os.PathLike, plan: pd.DataFrame, workers: int | None = None,
@@ -172,9 +183,15 @@ def synthesize_dataset(root: str | os.PathLike, plan: pd.DataFrame, workers: int
     multiprocessing pool, so it works from scripts without an ``if __name__ ==
     "__main__"`` guard; ``workers=1`` (or a small plan) synthesises in this process. Each
     clip comes from a freshly loaded, seeded engine, so the result does not depend on
-    the number of workers or on the order.
+    the number of workers or on the order. Two processes given the same ``root`` take
+    turns (an OS lock beside the folder): the second waits, then finds the wavs written.
     """
     root = Path(root)
+    with held(synthesis_lock(root), f"the embedded set {root} (another process is synthesising it)"):
+        return _synthesize_locked(root, plan, workers, progress)
+
+
+def _synthesize_locked(root: Path, plan: pd.DataFrame, workers: int | None, progress: bool) -> pd.DataFrame:
     root.mkdir(parents=True, exist_ok=True)
     _write_csv_atomically(plan, root / PARTIAL)
     _remove_stale_temp_files(root)
@@ -268,9 +285,19 @@ def ensure_embedded_dataset(root: str | os.PathLike, n_train: int, n_val: int, n
     * empty or missing folder: synthesised.
 
     ``rebuild_command`` is quoted in error messages as the way to rebuild the set.
+    Concurrent calls for one ``root`` (parallel tests, two notebooks) take turns: one
+    synthesises, the others wait and then verify what it wrote.
     """
     root = Path(root)
     plan = plan_dataset(n_train, n_val, n_test, seed, takes_per_word)
+    with held(synthesis_lock(root), f"the embedded set {root} (another process is synthesising it)"):
+        return _ensure_locked(root, plan, n_train, n_val, n_test, seed, takes_per_word, verify, progress,
+                              workers, rebuild_command)
+
+
+def _ensure_locked(root: Path, plan: pd.DataFrame, n_train: int, n_val: int, n_test: int, seed: int,
+                   takes_per_word: int, verify: bool, progress: bool, workers: int | None,
+                   rebuild_command: str | None) -> pd.DataFrame:
     mpath, ppath = root / MANIFEST, root / PARTIAL
     if mpath.exists():
         try:
