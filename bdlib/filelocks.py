@@ -42,7 +42,7 @@ def held(lock_file: str | os.PathLike, what: str, *, notice_after: float = 5.0,
     """Hold the exclusive lock ``lock_file`` (created with its folder if missing).
 
     If it is not free within ``notice_after`` seconds, ``waiting for <what> ...`` is
-    printed to stderr and the wait goes on, forever or until ``timeout`` seconds in all
+    printed to stderr (``what`` names the thing being built) and the wait goes on, forever or until ``timeout`` seconds in all
     (then ``filelock.Timeout``). Re-entrant within one thread.
     """
     lock_file = Path(lock_file)
@@ -53,7 +53,7 @@ def held(lock_file: str | os.PathLike, what: str, *, notice_after: float = 5.0,
     except Timeout:
         if timeout is not None and timeout <= notice_after:
             raise
-        print(f"bdlib: waiting for {what} (another process holds {lock_file})", file=sys.stderr, flush=True)
+        print(f"bdlib: waiting for {what}: another process is building it (it holds {lock_file})", file=sys.stderr, flush=True)
         flock.acquire(timeout=-1 if timeout is None else timeout - notice_after)
     try:
         yield

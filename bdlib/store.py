@@ -458,7 +458,7 @@ class Store:
         entry's final path. Plain ``has``/``load_*``/``save`` need no lock.
         """
         key = config_key(config)
-        with held(self.lock_path(kind, config), f"{kind}/{key} (another process is computing it)",
+        with held(self.lock_path(kind, config), f"{kind}/{key}",
                   notice_after=notice_after, timeout=timeout):
             yield self.root / kind / key
 

@@ -98,7 +98,7 @@ class SpeechCommandsSource(DataSource):
     def build_manifest(self) -> pd.DataFrame:
         cfg, root = self.config, self.root
         if cfg.download and not (root.is_dir() and self.word_folders()):
-            with held(download_lock(root), f"Speech Commands in {root} (another process is downloading it)"):
+            with held(download_lock(root), f"Speech Commands in {root}"):
                 if not (root.is_dir() and self.word_folders()):  # the other process may have finished it
                     download_speech_commands(root, cfg.version, cfg.url, cfg.checksum, progress=self.progress)
         available = self.word_folders()
@@ -232,7 +232,7 @@ def download_speech_commands(dest: str | os.PathLike, version: int = 2, url: str
     if version not in SPEECH_COMMANDS_URLS:
         raise ValueError(f"Speech Commands version must be one of {list(SPEECH_COMMANDS_URLS)}, got {version!r}")
     dest = Path(dest)
-    with held(download_lock(dest), f"Speech Commands in {dest} (another process is downloading it)"):
+    with held(download_lock(dest), f"Speech Commands in {dest}"):
         return _download_locked(dest, version, url, checksum, progress, keep_archive)
 
 

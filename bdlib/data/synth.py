@@ -187,7 +187,7 @@ def synthesize_dataset(root: str | os.PathLike, plan: pd.DataFrame, workers: int
     turns (an OS lock beside the folder): the second waits, then finds the wavs written.
     """
     root = Path(root)
-    with held(synthesis_lock(root), f"the embedded set {root} (another process is synthesising it)"):
+    with held(synthesis_lock(root), f"the embedded set {root}"):
         return _synthesize_locked(root, plan, workers, progress)
 
 
@@ -290,7 +290,7 @@ def ensure_embedded_dataset(root: str | os.PathLike, n_train: int, n_val: int, n
     """
     root = Path(root)
     plan = plan_dataset(n_train, n_val, n_test, seed, takes_per_word)
-    with held(synthesis_lock(root), f"the embedded set {root} (another process is synthesising it)"):
+    with held(synthesis_lock(root), f"the embedded set {root}"):
         return _ensure_locked(root, plan, n_train, n_val, n_test, seed, takes_per_word, verify, progress,
                               workers, rebuild_command)
 
