@@ -225,7 +225,7 @@ def budget_curves(frame: pd.DataFrame):
     """ASR (solid) and ACC (dashed) against fine-tuning steps, mean ± sd over seeds, each seed's
     ASR as a faint line (three seeds can split: the band alone hides it); columns clean-clip budgets, rows attack × learning rate (``<model> / <attack>`` when the table
     holds several models); FT blue, GN-FT red; the ASR bar dotted (column ``asr_bar``, when the
-    table has it). Rows that differ in anything but the seed within one (attack[, model], lr,
+    table has it); a panel whose setting was not run says so. Rows that differ in anything but the seed within one (attack[, model], lr,
     n_clean, method, step) are refused."""
     import matplotlib.pyplot as plt
 
@@ -248,6 +248,11 @@ def budget_curves(frame: pd.DataFrame):
     for i, (attack, lr) in enumerate(panels):
         for j, n in enumerate(ns):
             ax = axes[i][j]
+            if s[(s.attack == attack) & (s.lr == lr) & (s.n_clean == n)].empty:  # a grid run only for some attacks
+                ax.text(0.5, 0.5, f"{attack}, lr {lr:g}, n={n}:\nnot run", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+                ax.set_axis_off()
+                continue
             for method, c in colours.items():
                 d = s[(s.attack == attack) & (s.lr == lr) & (s.n_clean == n) & (s.method == method)].sort_values("step")
                 for m, ls in (("asr", "-"), ("acc", "--")):

@@ -288,3 +288,14 @@ def test_committed_figures_redraw_from_their_csvs(tmp_path):
         old, new = mpimg.imread(COMMITTED / f"{name}.png"), mpimg.imread(tmp_path / f"{name}.png")
         assert old.shape == new.shape, f"{name}: redrawn at another size; run `make figures`"
         assert np.mean(np.abs(old - new).max(axis=-1) > 0.05) < 0.005, f"{name} differs from its CSV; `make figures`"
+
+
+def test_budget_curves_mark_a_setting_run_only_for_another_attack():
+    """Notebook 41 runs n = 80 for BadNets only: the other attack's n = 80 panel says "not run"
+    instead of drawing empty axes that read as a flat line."""
+    both = _budget()
+    other = both[both.n_clean == 16].assign(attack="blended")
+    fig = figures.draw("41_budget_curves", pd.concat([both, other], ignore_index=True))
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert sum("not run" in t for t in texts) == 2  # blended at n = 8 for both learning rates
+    assert all("blended" in t and "n=8" in t for t in texts if "not run" in t)
