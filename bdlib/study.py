@@ -12,10 +12,10 @@ A defense that cannot act on a model (ANP on a network without BatchNorm, CLP wi
 conv→BatchNorm pairs, NAD without feature maps: :class:`~bdlib.models.contract.DefenseNotApplicable`)
 does not stop the study: its cell becomes a row with ``status = "not applicable"``, the
 defense's own reason in ``reason`` and no metrics (NaN), and every other cell runs. Whether a
-defense refuses is decided before anything is trained (:func:`refusal`: the defense is
-handed a fresh, untrained model of the architecture and stand-in data, and a refusal comes
-before either is used), so a study read back from the store (:meth:`Study.table`) shows the
-same rows. Any other error still fails the study.
+defense refuses is decided before anything is trained (:func:`refusal`: the defense's declared
+:meth:`~bdlib.defenses.base.Defense.check` looks at a fresh, untrained model of the
+architecture, without data), so a study read back from the store (:meth:`Study.table`) shows
+the same rows. Any other error still fails the study.
 
 Cells are plain picklable dataclasses; each one rebuilds its :class:`~bdlib.pipeline.Experiment`
 in whichever process runs it, and every artifact goes through the store's per-key lock, so
@@ -144,55 +144,27 @@ class DefenseCell:
                 "path": None}
 
 
-class _DataReached(Exception):
-    """The probed defense got past its checks and used the stand-in clean data."""
-
-
-class _StandIn:
-    """The clean features :func:`refusal` hands a defense: the length is real, any other use
-    (indexing, ``.to``, ``.shape``, a forward pass) ends the probe."""
-
-    def __init__(self, n: int):
-        self._n = n
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getattr__(self, name):
-        raise _DataReached(name)
-
-    def __getitem__(self, key):
-        raise _DataReached("[]")
-
-    def __iter__(self):
-        raise _DataReached("iter")
-
-
 def refusal(defense: str, knobs: dict, model: str, input_shape, num_classes: int, seed: int = 0) -> str | None:
     """Whether ``defense`` (with these full knobs) refuses architecture ``model``: the
-    :class:`DefenseNotApplicable` message, or None. Decided without training and without data:
-    the defense gets a freshly initialised model and stand-in clean clips; every defense checks
-    the parts it needs (``bdlib.models.contract``) before it touches either, so the probe ends
-    with that refusal or at the defense's first use of the data (a data-free defense, CLP, runs
-    to the end on the untrained copy: a few SVDs). Knob errors raise here, loudly. None means
+    :class:`DefenseNotApplicable` message, or None. The defense's declared
+    :meth:`~bdlib.defenses.base.Defense.check` decides it on a freshly initialised model of the
+    architecture: no data, no training, and ``defend`` is not run. Every ``defend`` calls the same
+    ``check`` first, so the message is the one the run would raise. Knob errors raise here,
+    loudly; so does a model that declares a part wrongly (``InvalidModelContract``). None means
     "not refused up front"; a refusal that only came later would still be caught by
     :meth:`DefenseCell.run_or_refuse`. The global torch RNG is left as it was."""
     import torch
 
-    from .defenses import CleanData, make_defense
+    from .defenses import make_defense
     from .models import build_model
 
     dfn = make_defense(defense, seed=seed, **knobs)
-    net = build_model(model, tuple(input_shape), num_classes, seed=0)
-    n = 8
-    clean = CleanData(_StandIn(n), torch.zeros(n, dtype=torch.long))
     with torch.random.fork_rng(devices=[]):
+        net = build_model(model, tuple(input_shape), num_classes, seed=0)
         try:
-            dfn.defend(net, clean, progress=False)
+            dfn.check(net)
         except DefenseNotApplicable as err:
             return str(err)
-        except Exception:  # noqa: BLE001 -- reached the data (or tripped on the stand-in): not refused up front
-            return None
     return None
 
 

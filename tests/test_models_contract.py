@@ -2,7 +2,9 @@
 
 Every registered defense meets every registered model: it either runs and leaves a clean
 model classifying, or refuses at once with ``DefenseNotApplicable`` naming the model and
-the part it lacks — and it refuses exactly when the model declares that part absent.
+the part it lacks — and it refuses exactly when the model declares that part absent. The
+refusal is declared: ``Defense.check`` gives it without data and without changing the model,
+and ``defend`` calls ``check`` before anything else.
 """
 import copy
 import re
@@ -102,6 +104,31 @@ def _needed_part(defense: str, knobs: dict) -> str | None:
             "gnft_prune": "last_conv"}.get(defense)
 
 
+def _lacks(net: nn.Module, defense: str, part: str | None) -> bool:
+    """Whether ``net`` lacks what ``defense`` works on: its declared part, or (TSBD) any Conv2d."""
+    return (part is not None and not getattr(net, part)) or (
+        defense == "tsbd" and not any(isinstance(m, nn.Conv2d) for m in net.modules()))
+
+
+def _check_refusal(defense, net: nn.Module) -> str | None:
+    """``defense.check(net)``'s refusal message, or None; fails if the check changed ``net``
+    (its parameters and buffers, their ``requires_grad``, the train/eval mode) or drew from the
+    global RNG."""
+    before = copy.deepcopy(net.state_dict())
+    grads, modes = [p.requires_grad for p in net.parameters()], [m.training for m in net.modules()]
+    rng = torch.get_rng_state()
+    try:
+        defense.check(net)
+        message = None
+    except DefenseNotApplicable as err:
+        message = str(err)
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(a, before[k]) for k, a in after.items()), "check changed it"
+    assert [p.requires_grad for p in net.parameters()] == grads and [m.training for m in net.modules()] == modes
+    assert torch.equal(torch.get_rng_state(), rng), "check drew from the global RNG"
+    return message
+
+
 def _data():
     return (template_task(24, SHAPE, CLASSES, seed=1), template_task(30, SHAPE, CLASSES, seed=2),
             template_task(18, SHAPE, CLASSES, seed=3))
@@ -151,18 +178,20 @@ def test_every_defense_on_every_model_runs_or_refuses_naming_the_missing_part(mo
     if defense == "nad":
         knobs["betas"] = (1000.0,) * max(1, len(net.attention_layers))  # one beta per declared map
     part = _needed_part(defense, knobs)
-    lacks = (part is not None and not getattr(net, part)) or (
-        defense == "tsbd" and not any(isinstance(m, nn.Conv2d) for m in net.modules()))
+    lacks = _lacks(net, defense, part)
     before = copy.deepcopy(net.state_dict())
     candidate = copy.deepcopy(net)
+    declared = _check_refusal(make_defense(defense, seed=0, **knobs), candidate)  # what a study is told up front
     try:
         out = make_defense(defense, seed=0, **knobs).defend(candidate, clean, progress=False)
     except DefenseNotApplicable as err:
         assert lacks, f"{defense} refused {model}, which declares its {part}: {err}"
         assert f"cannot defend {type(net).__name__}" in str(err) and (part or "Conv2d") in str(err)
         assert all(torch.equal(a, before[k]) for k, a in candidate.state_dict().items()), "refused after changing it"
+        assert declared == str(err), f"check said {declared!r}, defend refused with {str(err)!r}"
         return
     assert not lacks, f"{defense} ran on {model}, which declares no {part}"
+    assert declared is None, f"check refused {model} ({declared}), defend ran on it"
     assert list(out.state_dict()) == list(before)
     logits = out.eval()(clean.features)
     assert logits.shape == (len(clean), CLASSES) and torch.isfinite(logits).all()
@@ -172,9 +201,67 @@ def test_every_defense_on_every_model_runs_or_refuses_naming_the_missing_part(mo
 
 def test_nad_refuses_a_beta_count_that_does_not_match_the_declared_maps():
     net = build_model("lstmatt", SHAPE, CLASSES)  # two conv stages: the default three betas do not fit
-    with pytest.raises(DefenseNotApplicable, match=r"NAD cannot defend LSTMAtt with these knobs: it got 3 betas "
-                                                   r"for 2 attention layers \('batchnorm1', 'batchnorm2'\)"):
+    message = (r"NAD cannot defend LSTMAtt with these knobs: it got 3 betas "
+               r"for 2 attention layers \('batchnorm1', 'batchnorm2'\)")
+    with pytest.raises(DefenseNotApplicable, match=message):
+        make_defense("nad").check(net)  # the knobs decide: two betas fit
+    make_defense("nad", betas=(1.0, 1.0)).check(net)
+    with pytest.raises(DefenseNotApplicable, match=message):
         make_defense("nad").defend(net, _data()[2], progress=False)
+
+
+@pytest.fixture(scope="module")
+def _fresh_models():
+    """One untrained model of each registered architecture at its real width (what
+    ``bdlib.study.refusal`` checks): building one is cheap, nothing here trains."""
+    return {name: build_model(name, SHAPE, CLASSES, seed=0) for name in MODELS}
+
+
+@pytest.mark.parametrize("defense,extra", CASES, ids=["-".join([d, *map(str, e.values())]) for d, e in CASES])
+def test_check_refuses_exactly_the_models_that_lack_the_part_without_changing_them(_fresh_models, defense, extra):
+    for model, net in _fresh_models.items():
+        part = _needed_part(defense, extra)
+        knobs = {"betas": (1000.0,) * max(1, len(net.attention_layers))} if defense == "nad" else {}
+        message = _check_refusal(make_defense(defense, seed=0, **knobs, **extra), net)
+        if not _lacks(net, defense, part):
+            assert message is None, f"{defense} refused {model}, which declares its {part}: {message}"
+            continue
+        assert message is not None, f"{defense} accepted {model}, which declares no {part}"
+        assert f"cannot defend {type(net).__name__}" in message and (part or "Conv2d") in message
+
+
+def test_check_refuses_a_model_that_does_not_declare_its_parts():
+    undeclared = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 24 * 11, CLASSES))
+    for defense, extra in CASES:
+        needs = _needed_part(defense, extra)
+        if needs is None:  # a fine-tuning defense (or TSBD, which takes Conv2d by type) needs no declaration
+            assert _check_refusal(make_defense(defense, **extra), undeclared) is None, defense
+            continue
+        with pytest.raises(DefenseNotApplicable, match="cannot defend Sequential: it does not declare its parts"):
+            make_defense(defense, **extra).check(undeclared)
+
+
+class _Checked(Exception):
+    """Raised by a defense's check in the test below: defend got no further."""
+
+
+@pytest.mark.parametrize("defense", list(DEFENSES))
+def test_defend_calls_check_before_anything_else(defense):
+    """A subclass whose check refuses is refused by its own defend before the clean data (None
+    here) or the model is touched — so check and defend can never disagree about a refusal."""
+    cls = DEFENSES.get(defense)
+
+    def check(self, model):
+        raise _Checked(type(self).__name__)
+
+    refusing = type(f"Refusing{cls.__name__}", (cls,), {"check": check})
+    net = build_model("smallcnn", SHAPE, CLASSES, seed=0)
+    before = copy.deepcopy(net.state_dict())
+    modes = [m.training for m in net.modules()]
+    with pytest.raises(_Checked):
+        refusing(cls.Config(), seed=0).defend(net, None, progress=False)
+    assert all(torch.equal(a, before[k]) for k, a in net.state_dict().items())
+    assert [m.training for m in net.modules()] == modes
 
 
 def test_too_small_an_input_is_named():

@@ -184,8 +184,9 @@ class _FakeStore:
 
 class _FakeExperiment:
     """What a Study cell asks of an Experiment, without data or training: victims and defense runs
-    return fixed metrics and are logged; the refusal probe (bdlib.study.refusal) is the real one,
-    on real models of these maps. ``fail`` maps (defense, model) to an exception its run raises."""
+    return fixed metrics and are logged; the refusal (bdlib.study.refusal: the defense's declared
+    check) is the real one, on real models of these maps. ``fail`` maps (defense, model) to an
+    exception its run raises."""
 
     from bdlib.pipeline import Experiment as _E
 
@@ -248,12 +249,39 @@ def test_refusal_is_decided_without_training_naming_defense_model_and_part():
     assert refusal("anp", {"epochs": 1}, "rnn", (26, 13), 3).startswith(
         "ANP cannot defend StackedLSTM: it has no norm_layers (BatchNorm")
     assert refusal("clp", {}, "rnn", (26, 13), 3).startswith("CLP cannot defend StackedLSTM: it has no conv_norm_pairs")
-    assert refusal("anp", {"epochs": 1}, "smallcnn", (26, 13), 3) is None  # has BatchNorm: reached the data
+    assert refusal("anp", {"epochs": 1}, "smallcnn", (26, 13), 3) is None  # has BatchNorm
     assert refusal("ft", {"epochs": 1}, "rnn", (26, 13), 3) is None
     assert "3 betas for 2 attention layers" in refusal("nad", {}, "lstmatt", (26, 13), 3)  # refused for its knobs
-    assert torch.equal(torch.get_rng_state(), before), "the probe moved the global RNG"
+    assert torch.equal(torch.get_rng_state(), before), "refusal moved the global RNG"
     with pytest.raises(Exception, match="lr"):  # a bad knob is an error, never "not applicable"
         refusal("ft", {"lr": -1.0}, "rnn", (26, 13), 3)
+
+
+def test_refusal_asks_the_declared_check_and_never_runs_the_defense(monkeypatch):
+    """``refusal`` is ``Defense.check`` on a fresh model of the architecture: a defense whose
+    ``defend`` must not run is refused (or not) by its ``check`` alone."""
+    import torch.nn as nn
+
+    from bdlib import defenses
+    from bdlib.defenses import Defense
+    from bdlib.models.contract import DefenseNotApplicable
+    from bdlib.study import refusal
+
+    checked = []
+
+    class _Declared(Defense):
+        def check(self, model: nn.Module) -> None:
+            checked.append((type(model).__name__, model.training))
+            if self.config == "refuse":
+                raise DefenseNotApplicable(f"Declared cannot defend {type(model).__name__}: it has no part")
+
+        def defend(self, model, clean, progress=True):
+            raise AssertionError("refusal ran defend")
+
+    monkeypatch.setattr(defenses, "make_defense", lambda name, seed=0, **knobs: _Declared(name, seed))
+    assert refusal("refuse", {}, "rnn", (26, 13), 3) == "Declared cannot defend StackedLSTM: it has no part"
+    assert refusal("accept", {}, "smallcnn", (26, 13), 3) is None
+    assert checked == [("StackedLSTM", True), ("SmallCNN", True)]  # a freshly built model each time
 
 
 def test_study_records_a_refused_defense_as_not_applicable_and_runs_the_rest(fake_cells):
@@ -313,7 +341,7 @@ def test_a_study_read_back_from_the_store_shows_the_refused_cells(fake_cells):
     with pytest.raises(LookupError, match="not in the store yet"):
         study.table()
     study.run(serial=True, progress=False)
-    table = study.table()  # computes nothing: ft is stored, anp is decided again by the probe
+    table = study.table()  # computes nothing: ft is stored, anp is decided again by its check
     assert dict(zip(table.defense, table.status)) == {"none": "ok", "ft": "ok", "anp": "not applicable"}
 
 

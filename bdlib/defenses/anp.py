@@ -210,9 +210,19 @@ class ANP(Defense):
             for _ in range(c.iterations):
                 yield torch.randint(0, n, (c.batch_size,), generator=gen)
 
+    @staticmethod
+    def _norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+        """The model's declared ``norm_layers``; refuses a model that declares none."""
+        return contract.layers(model, "norm_layers", "ANP", "ANP masks and perturbs BatchNorm channels")
+
+    def check(self, model: nn.Module) -> None:
+        """ANP needs the model's declared ``norm_layers`` (at least one BatchNorm)."""
+        self._norm_layers(model)
+
     def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
+        self.check(model)
         c = self.config
-        bns = contract.layers(model, "norm_layers", "ANP", "ANP masks and perturbs BatchNorm channels")
+        bns = self._norm_layers(model)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         device = model_device(model)

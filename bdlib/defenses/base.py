@@ -1,4 +1,4 @@
-"""The defense interface: ``defend(model, clean, config) -> model``.
+"""The defense interface: ``check(model)`` and ``defend(model, clean) -> model``.
 
 Model-level defenses (GN-FT paper, Sec. 2) start from a trained, possibly backdoored
 model and a small set of clean, correctly labelled clips held by the defender; they
@@ -8,6 +8,11 @@ whose unknown keys are rejected by name (see ``bdlib.registry.build_config``).
 Devices: a defense runs wherever the model it is given lives. The clean data stays on the
 CPU; each batch is moved to :func:`model_device` (the shared loop in :mod:`.finetune` does
 it), and every tensor a defense creates (masks, perturbations, noise) is created there.
+
+Applicability: whether a defense can act on a model at all is declared by
+:meth:`Defense.check` — the parts of the network it works on (:mod:`bdlib.models.contract`),
+looked up without data — so a study can tell "not applicable" before anything is trained
+(:func:`bdlib.study.refusal`), and ``defend`` refuses with the same message as its first step.
 """
 from __future__ import annotations
 
@@ -57,7 +62,27 @@ class Defense:
         self.config = config
         self.seed = seed
 
+    def check(self, model: nn.Module) -> None:
+        """Refuse ``model`` if this defense, with its config, cannot act on it.
+
+        Raises :class:`~bdlib.models.contract.DefenseNotApplicable` naming the defense, the
+        model class and the part it lacks (built with the helpers of
+        :mod:`bdlib.models.contract`); returns None if the defense can act on it. The default
+        accepts every model: a defense that only fine-tunes needs nothing but parameters. A
+        defense that works on named parts (a layer to prune, feature maps to distil, BatchNorm
+        channels to mask) overrides it with exactly the part lookups its ``defend`` makes,
+        with the knobs that choose them.
+
+        Why declared rather than found out by running ``defend``: a study decides "not
+        applicable" for every cell before anything is trained, on an untrained model of the
+        architecture (:func:`bdlib.study.refusal`), and it must get the same answer ``defend``
+        would. So ``check`` is cheap and pure — no data, no training, no forward pass, no RNG
+        draw, and the model is not modified — and every ``defend`` calls it first, so a
+        refusal comes before anything else happens and reads the same in both places.
+        """
+
     def defend(self, model: nn.Module, clean: CleanData) -> nn.Module:
+        """The repaired model (``model`` itself, changed in place). Calls :meth:`check` first."""
         raise NotImplementedError
 
 

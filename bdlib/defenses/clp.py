@@ -11,7 +11,7 @@ No data is used: the clean subset is accepted only to share the interface.
 Pruning zeroes the BN's affine parameters of the channel (as the reference code does). SmallCNN
 places ReLU between conv and BN; the bound is then still an upper bound (ReLU is
 1-Lipschitz). The pairs are the model's declared ``conv_norm_pairs`` (:mod:`bdlib.models.contract`);
-a model without any is refused with ``DefenseNotApplicable``.
+a model without any is refused with ``DefenseNotApplicable`` (:meth:`CLP.check`).
 """
 from __future__ import annotations
 
@@ -52,7 +52,12 @@ class CLP(Defense):
         super().__init__(config, seed)
         self.report: dict = {}
 
+    def check(self, model: nn.Module) -> None:
+        """CLP needs the model's declared ``conv_norm_pairs`` (at least one)."""
+        conv_bn_pairs(model)
+
     def defend(self, model, clean: CleanData | None = None, progress: bool = True):
+        self.check(model)
         pairs = conv_bn_pairs(model)
         pruned = {}
         with torch.no_grad():

@@ -13,8 +13,8 @@ convolution (Liu et al.'s original choice) — the conv filter and, where the mo
 one (``last_conv_norm``), the following BatchNorm's affine parameters, so the channel is
 exactly zero after the norm. The layers are the model's declared parts
 (:mod:`bdlib.models.contract`); a model without the chosen one is refused before any work
-with ``DefenseNotApplicable``. Clean accuracy is measured on the defender's clean subset,
-the only data a defender holds.
+with ``DefenseNotApplicable`` (:meth:`FinePruning.check`). Clean accuracy is measured on the
+defender's clean subset, the only data a defender holds.
 
 The fine-tuning after pruning (``finetune``):
 
@@ -100,7 +100,8 @@ class FinePruning(Defense):
         self.report: dict = {}
 
     def _targets(self, model):
-        """(tensor, axis) pairs whose slices along ``axis`` belong to one unit."""
+        """(layer name, module, (tensor, axis) pairs whose slices along ``axis`` belong to one unit);
+        refuses a model without the layer the ``layer`` knob names."""
         if self.config.layer == "classifier":
             name, lin = contract.layer(model, "classifier", "Fine-Pruning", "layer='classifier' prunes its inputs")
             return name, lin, [(lin.weight, 1)]
@@ -123,7 +124,14 @@ class FinePruning(Defense):
             masks.append(keep.view(shape).expand_as(tensor).clone())
         return masks
 
+    def check(self, model: nn.Module) -> None:
+        """Fine-Pruning needs the layer its ``layer`` knob names: the declared ``classifier``
+        (``"classifier"``, its inputs are pruned) or ``last_conv`` (``"last_conv"``, its output
+        channels, with ``last_conv_norm`` where the model declares one)."""
+        self._targets(model)
+
     def defend(self, model, clean: CleanData, progress: bool = True):
+        self.check(model)
         c = self.config
         name, module, targets = self._targets(model)
         acts = mean_activation(model, module, clean.features, of_input=c.layer == "classifier")

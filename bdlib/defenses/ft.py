@@ -20,6 +20,7 @@ class FineTuning(Defense):
 
     def defend(self, model, clean: CleanData, progress: bool = True, on_epoch_end=None):
         """``on_epoch_end(epoch, model)``: see :func:`bdlib.defenses.finetune.finetune` (budget curves)."""
+        self.check(model)
         run_finetune(model, clean, self.config, cosine=self.config.cosine, seed=self.seed, progress=progress, desc="FT",
                      on_epoch_end=on_epoch_end)
         return model

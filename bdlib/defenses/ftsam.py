@@ -49,6 +49,7 @@ class FTSAM(Defense):
         super().__init__(config, seed)
 
     def defend(self, model, clean: CleanData, progress: bool = True):
+        self.check(model)
         c = self.config
         loss = partial(F.cross_entropy, label_smoothing=c.label_smoothing)
         norm = "adaptive" if c.adaptive else "global"

@@ -219,6 +219,7 @@ class GNFT(Defense):
 
     def defend(self, model, clean: CleanData, progress: bool = True, on_epoch_end=None):
         """``on_epoch_end(epoch, model)``: see :func:`bdlib.defenses.finetune.finetune` (budget curves)."""
+        self.check(model)
         run_finetune(model, clean, self.config, grad_fn=self.grad_fn(), cosine=False, seed=self.seed,
                      progress=progress, desc=f"GN-FT ({self.config.mode})", on_epoch_end=on_epoch_end)
         return model

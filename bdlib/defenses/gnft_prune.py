@@ -275,9 +275,15 @@ class GNFTPrune(GNFT):
 
         return recording
 
+    def check(self, model: nn.Module) -> None:
+        """GN-FT+pruning needs the model's declared ``last_conv`` (with either ``prune_layers``):
+        its units are convolution output channels (:func:`prune_layers`)."""
+        prune_layers(model, self.config.prune_layers)
+
     def defend(self, model, clean: CleanData, progress: bool = True, on_epoch_end=None):
+        self.check(model)  # refuses before any work (GN-FT's defend below checks again: the same lookup)
         c = self.config
-        layers = prune_layers(model, c.prune_layers)  # refuses before any work
+        layers = prune_layers(model, c.prune_layers)
         index = {id(p): i for i, p in enumerate(trainable(model))}
         frozen = [n for n, m in layers.items() if id(m.weight) not in index]
         if frozen:

@@ -121,6 +121,7 @@ class IBAU(Defense):
         return delta.detach()
 
     def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
+        self.check(model)
         c = self.config
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)

@@ -58,13 +58,24 @@ class NAD(Defense):
     name = "nad"
     Config = NADConfig
 
-    def defend(self, model, clean: CleanData, progress: bool = True):
-        c = self.config
+    def _layers(self, model: nn.Module) -> tuple[str, ...]:
+        """The model's declared ``attention_layers``, one per beta; refuses a model that declares
+        none, or a different number than there are betas."""
         layers = tuple(contract.layers(model, "attention_layers", "NAD", "NAD distils attention maps of feature maps"))
-        if len(c.betas) != len(layers):
+        if len(self.config.betas) != len(layers):
             raise contract.DefenseNotApplicable(
-                f"NAD cannot defend {type(model).__name__} with these knobs: it got {len(c.betas)} betas for "
-                f"{len(layers)} attention layers {layers}; pass one beta per layer (betas=...)")
+                f"NAD cannot defend {type(model).__name__} with these knobs: it got {len(self.config.betas)} betas "
+                f"for {len(layers)} attention layers {layers}; pass one beta per layer (betas=...)")
+        return layers
+
+    def check(self, model: nn.Module) -> None:
+        """NAD needs the model's declared ``attention_layers``, as many as its ``betas``."""
+        self._layers(model)
+
+    def defend(self, model, clean: CleanData, progress: bool = True):
+        self.check(model)
+        c = self.config
+        layers = self._layers(model)
         teacher = copy.deepcopy(model)
         run_finetune(teacher, clean, c, epochs=c.teacher_epochs, cosine=False, seed=self.seed, progress=progress,
                      desc="NAD teacher")

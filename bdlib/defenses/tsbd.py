@@ -91,12 +91,24 @@ class TSBD(Defense):
         super().__init__(config, seed)
         self.report: dict = {}
 
-    def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
-        c = self.config
+    @staticmethod
+    def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+        """Every ``nn.Conv2d`` of the model, taken by type (the contract has no "every
+        convolution" part); refuses a model that has none."""
         convs = conv_layers(model)
         if not convs:
             raise DefenseNotApplicable(f"TSBD cannot defend {type(model).__name__}: it has no nn.Conv2d layer "
                                        "(TSBD ranks and zeroes convolutional neurons)")
+        return convs
+
+    def check(self, model: nn.Module) -> None:
+        """TSBD needs at least one ``nn.Conv2d``: its neurons are convolution output channels."""
+        self._convs(model)
+
+    def defend(self, model: nn.Module, clean: CleanData, progress: bool = True) -> nn.Module:
+        self.check(model)
+        c = self.config
+        convs = self._convs(model)
         torch.manual_seed(self.seed)
         unlearned = copy.deepcopy(model)
         epochs, acc = clean_unlearn(unlearned, clean, c.unlearn_lr, c.unlearn_max_epochs, c.unlearn_floor,
