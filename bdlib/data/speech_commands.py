@@ -233,32 +233,27 @@ def download_speech_commands(dest: str | os.PathLike, version: int = 2, url: str
         raise ValueError(f"Speech Commands version must be one of {list(SPEECH_COMMANDS_URLS)}, got {version!r}")
     dest = Path(dest)
     with held(download_lock(dest), f"Speech Commands in {dest}"):
-        return _download_locked(dest, version, url, checksum, progress, keep_archive)
-
-
-def _download_locked(dest: Path, version: int, url: str | None, checksum: str | None, progress: bool,
-                     keep_archive: bool) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    url = url or SPEECH_COMMANDS_URLS[version]
-    expected = checksum or SPEECH_COMMANDS_SHA256[version]
-    filename = PurePosixPath(urllib.parse.urlparse(url).path).name or f"speech_commands_v0.0{version}.tar.gz"
-    archive, part = dest / filename, dest / f"{filename}.part"
-    if not archive.exists():
-        if progress:
-            print(f"downloading {url} -> {part}", file=sys.stderr)
-        try:
-            fetch_resumable(url, part, progress)
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConnectionError(f"could not download {url}: {exc}. The partial download is kept at {part}; "
-                                  "run again to resume, or download the archive by hand and extract it into "
-                                  f"{dest}") from exc
-        got = sha256_of(part)
-        if got != expected:
-            part.unlink()
-            raise ChecksumError(f"downloaded file {part.name} from {url} has sha256 {got}, expected {expected}; "
-                                "deleted it (run again to re-download)")
-        os.replace(part, archive)
-    safe_extract(archive, dest)
-    if not keep_archive:
-        archive.unlink()
-    return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        url = url or SPEECH_COMMANDS_URLS[version]
+        expected = checksum or SPEECH_COMMANDS_SHA256[version]
+        filename = PurePosixPath(urllib.parse.urlparse(url).path).name or f"speech_commands_v0.0{version}.tar.gz"
+        archive, part = dest / filename, dest / f"{filename}.part"
+        if not archive.exists():
+            if progress:
+                print(f"downloading {url} -> {part}", file=sys.stderr)
+            try:
+                fetch_resumable(url, part, progress)
+            except (urllib.error.URLError, OSError) as exc:
+                raise ConnectionError(f"could not download {url}: {exc}. The partial download is kept at {part}; "
+                                      "run again to resume, or download the archive by hand and extract it into "
+                                      f"{dest}") from exc
+            got = sha256_of(part)
+            if got != expected:
+                part.unlink()
+                raise ChecksumError(f"downloaded file {part.name} from {url} has sha256 {got}, expected {expected}; "
+                                    "deleted it (run again to re-download)")
+            os.replace(part, archive)
+        safe_extract(archive, dest)
+        if not keep_archive:
+            archive.unlink()
+        return dest

@@ -188,40 +188,38 @@ def synthesize_dataset(root: str | os.PathLike, plan: pd.DataFrame, workers: int
     """
     root = Path(root)
     with held(synthesis_lock(root), f"the embedded set {root}"):
-        return _synthesize_locked(root, plan, workers, progress)
-
-
-def _synthesize_locked(root: Path, plan: pd.DataFrame, workers: int | None, progress: bool) -> pd.DataFrame:
-    root.mkdir(parents=True, exist_ok=True)
-    _write_csv_atomically(plan, root / PARTIAL)
-    _remove_stale_temp_files(root)
-    todo = [r for r in plan.to_dict("records") if not (root / r["path"]).exists()]
-    workers = workers or min(2, os.cpu_count() or 1)
-    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    if workers > 1 and len(todo) >= MIN_CLIPS_FOR_WORKERS:
-        results = synth_in_workers(chunks, workers)
-    else:
-        results = map(synth_rows, chunks)
-    bar = tqdm(total=len(todo), desc="synthesising clips", disable=not progress or not todo)
-    try:
-        for chunk, chunk_results in zip(chunks, results):
-            for row, (raw, sr) in zip(chunk, chunk_results):
-                if raw.size == 0:
-                    raise RuntimeError(f"eSpeak produced no audio for {row['label']!r} / {row['accent']}+{row['variant']}")
-                write_wav(root / row["path"], render_clip(raw, sr, pd.Series(row)), SAMPLE_RATE)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        if hasattr(results, "close"):
-            results.close()  # stops worker subprocesses on an error or interrupt
-    manifest = plan.copy()
-    manifest["sha256"] = [sha256_file(root / p) for p in manifest["path"]]
-    info = {"engine": espeak_version(), "method": "fresh eSpeak engine per clip, seeded with the clip's noise_seed",
-            "bit_reproducible": espeak.REPRODUCIBLE, "clips": len(manifest), "content_sha256": content_hash(manifest)}
-    (root / SYNTHESIS_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    _write_csv_atomically(manifest, root / MANIFEST)
-    (root / PARTIAL).unlink(missing_ok=True)
-    return manifest
+        root.mkdir(parents=True, exist_ok=True)
+        _write_csv_atomically(plan, root / PARTIAL)
+        _remove_stale_temp_files(root)
+        todo = [r for r in plan.to_dict("records") if not (root / r["path"]).exists()]
+        workers = workers or min(2, os.cpu_count() or 1)
+        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+        if workers > 1 and len(todo) >= MIN_CLIPS_FOR_WORKERS:
+            results = synth_in_workers(chunks, workers)
+        else:
+            results = map(synth_rows, chunks)
+        bar = tqdm(total=len(todo), desc="synthesising clips", disable=not progress or not todo)
+        try:
+            for chunk, chunk_results in zip(chunks, results):
+                for row, (raw, sr) in zip(chunk, chunk_results):
+                    if raw.size == 0:
+                        raise RuntimeError(f"eSpeak produced no audio for {row['label']!r} / "
+                                           f"{row['accent']}+{row['variant']}")
+                    write_wav(root / row["path"], render_clip(raw, sr, pd.Series(row)), SAMPLE_RATE)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if hasattr(results, "close"):
+                results.close()  # stops worker subprocesses on an error or interrupt
+        manifest = plan.copy()
+        manifest["sha256"] = [sha256_file(root / p) for p in manifest["path"]]
+        info = {"engine": espeak_version(), "method": "fresh eSpeak engine per clip, seeded with the clip's noise_seed",
+                "bit_reproducible": espeak.REPRODUCIBLE, "clips": len(manifest),
+                "content_sha256": content_hash(manifest)}
+        (root / SYNTHESIS_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        _write_csv_atomically(manifest, root / MANIFEST)
+        (root / PARTIAL).unlink(missing_ok=True)
+        return manifest
 
 
 def verify_dataset(root: str | os.PathLike, manifest: pd.DataFrame | None = None) -> list[str]:
@@ -291,43 +289,37 @@ def ensure_embedded_dataset(root: str | os.PathLike, n_train: int, n_val: int, n
     root = Path(root)
     plan = plan_dataset(n_train, n_val, n_test, seed, takes_per_word)
     with held(synthesis_lock(root), f"the embedded set {root}"):
-        return _ensure_locked(root, plan, n_train, n_val, n_test, seed, takes_per_word, verify, progress,
-                              workers, rebuild_command)
-
-
-def _ensure_locked(root: Path, plan: pd.DataFrame, n_train: int, n_val: int, n_test: int, seed: int,
-                   takes_per_word: int, verify: bool, progress: bool, workers: int | None,
-                   rebuild_command: str | None) -> pd.DataFrame:
-    mpath, ppath = root / MANIFEST, root / PARTIAL
-    if mpath.exists():
-        try:
-            manifest = pd.read_csv(mpath)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DatasetIntegrityError(f"{mpath} is unreadable ({e}). " + _rebuild_text(root, rebuild_command)) from None
-        if "sha256" not in manifest.columns or not _same_plan(manifest, plan):
+        mpath, ppath = root / MANIFEST, root / PARTIAL
+        if mpath.exists():
+            try:
+                manifest = pd.read_csv(mpath)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise DatasetIntegrityError(
+                    f"{mpath} is unreadable ({e}). " + _rebuild_text(root, rebuild_command)) from None
+            if "sha256" not in manifest.columns or not _same_plan(manifest, plan):
+                raise DatasetIntegrityError(
+                    f"{mpath} does not describe the embedded set of sizes ({n_train}, {n_val}, {n_test}), "
+                    f"{takes_per_word} take(s) and seed {seed} as this version of bdlib plans it (built by another "
+                    f"version, or edited). " + _rebuild_text(root, rebuild_command))
+            if verify:
+                problems = verify_dataset(root, manifest)
+                if problems:
+                    raise _integrity_error(root, manifest, problems, rebuild_command)
+            ppath.unlink(missing_ok=True)  # left by a run killed between writing the manifest and removing it
+            return manifest
+        if ppath.exists():
+            try:
+                partial = pd.read_csv(ppath)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                partial = None
+            if partial is None or not _same_plan(partial, plan):  # another plan's unfinished run: start over
+                for p in ([] if partial is None or "path" not in partial else partial["path"]):
+                    (root / str(p)).unlink(missing_ok=True)
+                if partial is None:
+                    for f in root.rglob("*.wav"):
+                        f.unlink()
+        elif root.is_dir() and next(root.rglob("*.wav"), None) is not None:
             raise DatasetIntegrityError(
-                f"{mpath} does not describe the embedded set of sizes ({n_train}, {n_val}, {n_test}), "
-                f"{takes_per_word} take(s) and seed {seed} as this version of bdlib plans it (built by another "
-                f"version, or edited). " + _rebuild_text(root, rebuild_command))
-        if verify:
-            problems = verify_dataset(root, manifest)
-            if problems:
-                raise _integrity_error(root, manifest, problems, rebuild_command)
-        ppath.unlink(missing_ok=True)  # left by a run killed between writing the manifest and removing it
-        return manifest
-    if ppath.exists():
-        try:
-            partial = pd.read_csv(ppath)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            partial = None
-        if partial is None or not _same_plan(partial, plan):  # another plan's unfinished run: start over
-            for p in ([] if partial is None or "path" not in partial else partial["path"]):
-                (root / str(p)).unlink(missing_ok=True)
-            if partial is None:
-                for f in root.rglob("*.wav"):
-                    f.unlink()
-    elif root.is_dir() and next(root.rglob("*.wav"), None) is not None:
-        raise DatasetIntegrityError(
-            f"{root} holds wav files but neither {MANIFEST} nor {PARTIAL}, so they cannot be trusted as the "
-            f"embedded set (left by an older bdlib or copied in by hand). " + _rebuild_text(root, rebuild_command))
-    return synthesize_dataset(root, plan, workers=workers, progress=progress)
+                f"{root} holds wav files but neither {MANIFEST} nor {PARTIAL}, so they cannot be trusted as the "
+                f"embedded set (left by an older bdlib or copied in by hand). " + _rebuild_text(root, rebuild_command))
+        return synthesize_dataset(root, plan, workers=workers, progress=progress)
