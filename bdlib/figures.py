@@ -541,3 +541,105 @@ FIGURES.add("43_poison_rate", Drawer(
     poison_rate_curves, ("attack", "poison_rate", "method", "seed", "asr_after", "acc_after"), optional=("model",),
     about="notebook 43: ASR/ACC of the victim and after FT, FT at GN-FT's optimiser and GN-FT against the "
           "poisoning rate, mean ± sd over seeds"))
+
+
+# --- notebooks 13, 15, 22, 28, 30: figures that were drawn from notebook objects ----------------
+def daba_certainty(frame: pd.DataFrame):
+    """DABA's certainty score (softmax entropy of the surrogate, nats) of every clip of the
+    trigger pool (bars), the clip the attack chose in red (:mod:`bdlib.attacks.daba`)."""
+    import matplotlib.pyplot as plt
+
+    _one_row_per_cell(frame, ["pool_clip"], "13_daba_certainty")
+    frame = frame.sort_values("pool_clip")
+    fig, ax = plt.subplots(figsize=(10, 2.8))
+    ax.bar(frame.pool_clip, frame.entropy, color=["tab:red" if c else "tab:gray" for c in frame.chosen.astype(bool)])
+    ax.set(xlabel="pool clip", ylabel="softmax entropy (nats)", title="DABA certainty scores")
+    return fig
+
+
+def flowmur_loss(frame: pd.DataFrame):
+    """FlowMur's trigger optimisation on the surrogate: the cross-entropy to the target per
+    Adam step (faint) and its 20-step running mean (:mod:`bdlib.attacks.flowmur`)."""
+    import matplotlib.pyplot as plt
+
+    _one_row_per_cell(frame, ["step"], "15_flowmur_loss")
+    frame = frame.sort_values("step")
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.plot(frame.step, frame.loss, lw=0.7, alpha=0.5)
+    ax.plot(frame.step, frame.loss.rolling(20, min_periods=1).mean(), lw=1.5)
+    ax.set(xlabel="Adam step", ylabel="CE to the target", title="FlowMur trigger optimisation (surrogate)")
+    return fig
+
+
+def fp_pruning_curve(frame: pd.DataFrame):
+    """Fine-Pruning's clean accuracy on the defender's subset against the number of units
+    pruned, one line per victim (``<model> / <attack>`` when several models), labelled with
+    how many units the accuracy bound let it prune (:mod:`bdlib.defenses.fp`)."""
+    import matplotlib.pyplot as plt
+
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["attack", "k"], "22_fp_pruning_curve")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for attack in _in_order(frame.attack):
+        sub = frame[frame.attack == attack].sort_values("k")
+        ax.plot(sub.k, sub.acc, marker=".",
+                label=f"{attack}: pruned {int(sub.n_pruned.iloc[0])}/{int(sub.n_units.iloc[0])}")
+    ax.set(xlabel=f"units pruned ({frame.layer.iloc[0]})", ylabel="clean accuracy (defender's subset)")
+    ax.legend()
+    return fig
+
+
+def ibau_perturbation(frame: pd.DataFrame):
+    """The norm of I-BAU's universal perturbation after each round, one line per victim
+    (``<model> / <attack>`` when several models), the axis from 0 so a perturbation pinned at
+    its radius reads as such (:mod:`bdlib.defenses.ibau`)."""
+    import matplotlib.pyplot as plt
+
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["attack", "round"], "28_ibau_perturbation")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for attack in _in_order(frame.attack):
+        sub = frame[frame.attack == attack].sort_values("round")
+        ax.plot(sub["round"], sub.norm, marker="o", label=attack)
+    ax.set(xlabel="round", ylabel="‖δ‖₂ (standardised units)", title="I-BAU universal perturbation per round")
+    ax.set_ylim(0, 1.15 * frame.norm.max())
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    return fig
+
+
+def defenses_across_attacks(frame: pd.DataFrame):
+    """Heatmaps of ASR after and ACC after, one row per victim (``<model> / <attack>`` when
+    several models) in the table's order, one column per defense, the undefended victim
+    (``none``) first; one run per (attack[, model], defense)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    name = "30_defenses_across_attacks"
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["attack", "defense"], name)
+    order, defenses = _in_order(frame.attack), _in_order(frame.defense)
+    before = _same_per(frame, "attack", ["asr_before", "acc_before"], name)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, (after, first, title, cmap) in zip(axes, [("asr_after", "asr_before", "ASR after", "rocket_r"),
+                                                      ("acc_after", "acc_before", "ACC after", "mako")]):
+        data = frame.pivot(index="attack", columns="defense", values=after).reindex(index=order, columns=defenses)
+        data.insert(0, "none", before[first].reindex(order))
+        sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, ax=ax).set(title=title)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES.add("13_daba_certainty", Drawer(
+    daba_certainty, ("pool_clip", "entropy", "chosen"), about="notebook 13: DABA's certainty score per pool clip"))
+FIGURES.add("15_flowmur_loss", Drawer(
+    flowmur_loss, ("step", "loss"), about="notebook 15: FlowMur's trigger loss per optimisation step"))
+FIGURES.add("22_fp_pruning_curve", Drawer(
+    fp_pruning_curve, ("attack", "k", "acc", "n_pruned", "n_units", "layer"), optional=("model",),
+    about="notebook 22: Fine-Pruning's clean accuracy against units pruned, per victim"))
+FIGURES.add("28_ibau_perturbation", Drawer(
+    ibau_perturbation, ("attack", "round", "norm"), optional=("model",),
+    about="notebook 28: I-BAU's perturbation norm per round, per victim"))
+FIGURES.add("30_defenses_across_attacks", Drawer(
+    defenses_across_attacks, ("attack", "defense", "asr_before", "acc_before", "asr_after", "acc_after"),
+    optional=("model",), about="notebook 30: ASR and ACC after FT and GN-FT against every attack"))

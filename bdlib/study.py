@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import pandas as pd
@@ -530,5 +530,45 @@ def collection_study(profile: str | Profile = "default", seeds=(0,), **kwargs) -
     return Study(prof, defenses=defenses, seeds=tuple(seeds), **kwargs)
 
 
+def main_table_study(profile: str | Profile = "default", seeds=(0, 1, 2), attacks=None, defenses=None,
+                     **kwargs) -> Study:
+    """The main table's grid (notebook 50): :func:`collection_study` plus the fair FT row —
+    FT at GN-FT's (approximate) optimiser with the penalty off (:func:`matched_ft_knobs`) next
+    to BackdoorBench's FT. ``attacks`` / ``defenses``: a subset by registry name (``None``:
+    all); ``defenses`` may name a GN-FT mode as ``"gnft:approx"`` / ``"gnft:exact"`` to keep
+    one. A subset is how a run is fitted to a machine; the notebook states which was run.
+    Under the smoke profile: one attack, both FT rows and GN-FT approx, no clean model (CI)."""
+    grid = collection_study(profile, seeds=seeds, **kwargs)
+    gnft_approx = next(k for k in grid.defenses["gnft"] if k["mode"] == "approx")
+    table = {**grid.defenses, "ft": [grid.defenses["ft"], matched_ft_knobs(gnft_approx)]}
+    chosen, include_clean = grid.attacks, grid.include_clean
+    if grid.profile.name == "smoke":
+        chosen = dict(list(chosen.items())[:1])
+        table = {"ft": table["ft"], "gnft": gnft_approx}
+        include_clean = False
+    if attacks is not None:
+        if isinstance(attacks, str):
+            raise TypeError(f"attacks takes a list of names, not the string {attacks!r}")
+        unknown = [a for a in attacks if a not in grid.attacks]
+        if unknown:
+            raise ValueError(f"attacks {unknown} are not in the {grid.profile.name} grid; valid: {list(grid.attacks)}")
+        chosen = {a: grid.attacks[a] for a in attacks}
+        include_clean = False  # the table's reference is each attack's victim; the clean model is notebook 90's
+    if defenses is not None:
+        if isinstance(defenses, str):
+            raise TypeError(f"defenses takes a list of names, not the string {defenses!r}")
+        picked = {}
+        for name in defenses:
+            base, _, mode = name.partition(":")
+            if base not in table or (mode and base != "gnft") or mode not in ("", "approx", "exact"):
+                raise ValueError(f"defense {name!r} is not in the main table; valid: {sorted(table)} "
+                                 "(and gnft:approx, gnft:exact)")
+            settings = table[base] if isinstance(table[base], list) else [table[base]]
+            kept = [k for k in settings if not mode or k.get("mode") == mode]
+            picked[base] = picked.get(base, []) + [k for k in kept if k not in picked.get(base, [])]
+        table = picked
+    return replace(grid, attacks=chosen, defenses=table, include_clean=include_clean)
+
+
 __all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE", "OK", "Study",
-           "VictimCell", "collection_study", "matched_ft_knobs", "mean_sd", "pivot", "refusal"]
+           "VictimCell", "collection_study", "main_table_study", "matched_ft_knobs", "mean_sd", "pivot", "refusal"]

@@ -148,6 +148,46 @@ EXAMPLES.update({figures.poison_rate_curves: _poison_rate})
 PER_MODEL["43_poison_rate"] = _poison_rate
 
 
+# notebooks 13, 15, 22, 28, 30: figures moved from notebook objects to CSVs
+def _daba_certainty() -> pd.DataFrame:
+    return pd.DataFrame({"pool_clip": range(5), "entropy": [0.9, 0.2, 0.5, 0.7, 1.1],
+                         "chosen": [False, True, False, False, False]})
+
+
+def _flowmur_loss() -> pd.DataFrame:
+    return pd.DataFrame({"step": range(30), "loss": np.linspace(3.0, 0.2, 30)})
+
+
+def _fp_curve() -> pd.DataFrame:
+    return pd.DataFrame([{"attack": a, "model": "smallcnn", "k": k, "acc": 0.9 - 0.01 * k * (i + 1), "n_pruned": 3 + i,
+                          "n_units": 10, "layer": "classifier"} for i, a in enumerate(("badnets", "blended"))
+                         for k in range(0, 10, 2)])
+
+
+def _ibau_norms() -> pd.DataFrame:
+    return pd.DataFrame([{"attack": a, "model": "smallcnn", "round": r, "norm": 1.0 + 0.1 * r * (i + 1)}
+                         for i, a in enumerate(("badnets", "jingleback")) for r in range(5)])
+
+
+def _across_attacks() -> pd.DataFrame:
+    return _defense_grid().drop(columns="der")
+
+
+EXAMPLES.update({figures.daba_certainty: _daba_certainty, figures.flowmur_loss: _flowmur_loss,
+                 figures.fp_pruning_curve: _fp_curve, figures.ibau_perturbation: _ibau_norms,
+                 figures.defenses_across_attacks: _across_attacks})
+PER_MODEL.update({"22_fp_pruning_curve": _fp_curve, "28_ibau_perturbation": _ibau_norms,
+                  "30_defenses_across_attacks": _across_attacks})
+
+
+def test_defenses_across_attacks_puts_the_undefended_victim_first_and_refuses_a_sweep():
+    fig = figures.draw("30_defenses_across_attacks", _across_attacks())
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["none", "ft", "gnft-approx"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["badnets", "blended"]
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("30_defenses_across_attacks", pd.concat([_across_attacks()] * 2))
+
+
 def test_poison_rate_curves_refuse_a_seed_twice_and_tick_the_rates():
     with pytest.raises(FigureDataError, match="share a cell"):
         figures.draw("43_poison_rate", pd.concat([_poison_rate()] * 2))
@@ -162,8 +202,9 @@ def _two_models(example) -> pd.DataFrame:
 
 
 def _texts(fig) -> set[str]:
-    return {t.get_text() for ax in fig.axes for t in [ax.title, *ax.get_xticklabels(), *ax.texts]} | {
-        t.get_text() for t in fig.texts}
+    legends = [t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    return {t.get_text() for ax in fig.axes for t in [ax.title, *ax.get_xticklabels(), *ax.get_yticklabels(),
+                                                       *ax.texts]} | {t.get_text() for t in fig.texts + legends}
 
 
 @pytest.mark.parametrize("name", sorted(PER_MODEL))

@@ -9,7 +9,7 @@ import pytest
 
 from bdlib.pipeline import defense_label, resolve_target
 from bdlib.registry import UnknownNameError
-from bdlib.study import DuplicateCellsError, Study, collection_study, mean_sd, pivot
+from bdlib.study import DuplicateCellsError, Study, collection_study, main_table_study, matched_ft_knobs, mean_sd, pivot
 
 
 def test_study_expands_to_one_cell_per_model_attack_setting_and_seed():
@@ -46,6 +46,35 @@ def test_collection_study_is_the_notebooks_grid():
     assert len(names) == 2 * 10  # smoke victims x (9 defenses, GN-FT twice)
     assert ("badnets", "gnft", "exact") in names and ("badnets_burst", "ibau", None) in names
     assert dict(next(c for c in study.defense_cells() if c.defense == "ibau").knobs)["epochs"] == 2
+
+
+def test_main_table_study_adds_the_fair_ft_row_and_keeps_a_named_subset():
+    full = main_table_study("default", seeds=[0, 1, 2])
+    grid = collection_study("default", seeds=[0, 1, 2])
+    approx = next(k for k in grid.defenses["gnft"] if k["mode"] == "approx")
+    assert full.defenses["ft"] == [grid.defenses["ft"], matched_ft_knobs(approx)]  # BackdoorBench's FT + the fair one
+    assert len(full.defense_cells()) == len(grid.defense_cells()) + len(grid.attacks) * 3  # one more row per victim
+    sub = main_table_study("default", seeds=[0, 1, 2], attacks=["jingleback", "badnets"], defenses=["ft", "gnft:approx"])
+    assert list(sub.attacks) == ["jingleback", "badnets"] and not sub.include_clean
+    rows = {(c.defense, dict(c.knobs).get("mode"), dict(c.knobs)["lr"]) for c in sub.defense_cells()}
+    assert rows == {("ft", None, 0.01), ("ft", None, approx["lr"]), ("gnft", "approx", approx["lr"])}
+    assert len(sub.defense_cells()) == 2 * 3 * 3  # attacks x rows x seeds
+    # the subset's cells are the full grid's cells (same store keys), not look-alikes
+    assert set(sub.defense_cells()) <= set(full.defense_cells())
+
+
+def test_main_table_study_names_a_bad_subset_and_the_valid_choices():
+    with pytest.raises(ValueError, match="'nosuch'.*valid.*badnets"):
+        main_table_study("default", attacks=["badnets", "nosuch"])
+    with pytest.raises(ValueError, match="'gnft:fast'.*valid"):
+        main_table_study("default", defenses=["gnft:fast"])
+    with pytest.raises(ValueError, match="'ft:approx'"):
+        main_table_study("default", defenses=["ft:approx"])
+    with pytest.raises(TypeError, match="list of names"):
+        main_table_study("default", attacks="badnets")
+    smoke = main_table_study("smoke", seeds=[0, 1, 2])  # CI's nbval budget: one attack, the cheap rows
+    assert len(smoke.attacks) == 1 and not smoke.include_clean
+    assert sorted({c.defense for c in smoke.defense_cells()}) == ["ft", "gnft"] and len(smoke.defense_cells()) == 9
 
 
 def _rows(**varying):
