@@ -48,7 +48,7 @@ TITLES: dict[str, str] = {"alpha": "α (r fixed)", "r": "r (α fixed)", "mode": 
 
 #: the sweeps per profile: attacks, seeds, and each factor's values (the centre's value may be
 #: listed or not: the centre runs once). ``smoke``: CI's (nbval, ≤ 40 s beyond the store);
-#: ``default``: the committed run (≈ 2.8 h on 2 CPU cores, see notebook 42)
+#: ``default``: the committed run (19 min on 2 CPU cores with notebook 50's runs stored, see notebook 42)
 GRIDS: dict[str, dict] = {
     "smoke": {"attacks": ("badnets",), "seeds": (0, 1), "alpha": (0.3, 0.7), "r": (0.01, 0.05),
               "mode": ("approx", "exact"), "norm": ("per_tensor", "global"), "defense": ("gnft", "gnft_prune")},
