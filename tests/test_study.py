@@ -419,7 +419,9 @@ def test_rates_expand_victims_and_reach_the_victim_and_its_defense_runs(fake_cel
 def test_poison_rate_grid_and_its_tables(fake_cells):
     from bdlib import poison_rate as pr
 
-    assert pr.grid_for("default")["rates"] == (0.005, 0.01, 0.02, 0.05, 0.1)
+    assert pr.RATES == (0.005, 0.01, 0.02, 0.05, 0.1)  # the rates, all available with rates=RATES
+    rates = pr.grid_for("default")["rates"]  # the committed CPU run: a subset spanning 0.5-10 %
+    assert set(rates) <= set(pr.RATES) and min(rates) == 0.005 and max(rates) == 0.1 and len(rates) >= 3
     assert set(pr.grid_for("default")["attacks"]) == {"badnets", "pbsm", "vsvc"} and pr.grid_for("paper")["seeds"]
     study = pr.rate_study("smoke", seeds=[0, 1], models=["smallcnn"])
     assert len(study.defense_cells()) == 2 * 2 * 3  # seeds x rates x methods
