@@ -39,11 +39,11 @@ def local_layout(cores: int | None = None, workers: int | None = None) -> tuple[
 
 #: malloc settings a Dask worker needs on top of :data:`bdlib.allocator.ALLOCATOR_ENV`. A worker
 #: runs each task in a thread of its own, and glibc serves a non-main thread from a per-thread
-#: arena whose heaps are capped (64 MB) and, with mmap switched off by ALLOCATOR_ENV, cannot hold
-#: a defense's large activations: they are re-faulted every step. One arena (the main heap, as
-#: in a serial run) removes that. Measured on the 2-core machine (stop 20): GN-FT exact, default
-#: profile, BadNets victim, 30 epochs on a 1-worker local cluster: 47.5 s, with this 24.2 s;
-#: 32 epochs in-process: 23.6 s. The smoke grid (benchmarks/study_grid.py): 50.8 s -> 41.0 s.
+#: arena (small mmap'd heaps) instead of the main heap that ALLOCATOR_ENV tunes; one arena puts
+#: the task back on the main heap, as in a serial run. Measured on the 2-core machine (stop 20):
+#: GN-FT exact, default profile, BadNets victim, 30 epochs, 3 runs each: on a 1-worker local
+#: cluster with glibc's arenas (MALLOC_ARENA_MAX=16) 51.6-53.9 s, with this 23.9-28.4 s;
+#: in-process 25.5-27.0 s.
 WORKER_MALLOC_ENV: dict[str, str] = {"MALLOC_ARENA_MAX": "1"}
 
 

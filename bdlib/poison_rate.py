@@ -10,7 +10,7 @@ per-experiment rates of their tables were not available to this project). A back
 by fewer clips may be shallower, and easier to fine-tune away, or not: this grid asks, at 0.5,
 1, 2, 5 and 10 % (:data:`RATES`), for BadNets and for PBSM and VSVC at their papers' rates.
 The default profile's committed run takes 0.5, 2 and 10 % (three seeds each) to fit a 2-core
-machine: 18 new victims of ≈ 100 s and 81 defense runs of 10–25 s.
+machine (estimated: 18 new victims of ≈ 70–125 s and 54 new defense runs of 10–25 s).
 
 The grid (:data:`GRIDS`, per profile): rates, attacks (each with the knobs its attack notebook
 trains with, ``Profile.attack_knobs``) and seeds. The defenses (:func:`methods`): FT as
