@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="a notebook parameter for every notebook run (each must define it)")
     run.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' own output")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own kernel "
+                                                         "(default 1: in order); for a warm store")
     study = sub.add_parser("study", help="compute the collection's grid (victims, then defense runs) on Dask")
     _add_data_args(study)
     _add_models_arg(study)
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             from .runner import run_all
 
+            if args.jobs < 1:
+                raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+
             if args.device is not None:
                 from .device import ENV_VAR, resolve_device
 
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.target is not None:
                 parameters["target"] = args.target
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
-                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root)
+                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs)
         if args.cmd == "study":
             _study(args, seeds=args.seeds)
             return 0

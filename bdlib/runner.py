@@ -63,9 +63,16 @@ def check_parameters(nbs: list[Path], parameters: dict) -> None:
 
 def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = None, only: str | None = None,
             log_output: bool = False, parameters: dict | None = None, dataset: str = "embedded",
-            dataset_root: str | None = None) -> int:
+            dataset_root: str | None = None, jobs: int = 1) -> int:
     """Execute the notebooks in order. ``parameters`` go to every notebook (each must define
     them); ``dataset``/``dataset_root`` select the data source of every notebook.
+
+    ``jobs`` > 1 executes that many notebooks at once, each in its own kernel, started in
+    numeric order. Meant for a warm store (``bdlib run`` computes the study first), where a
+    notebook is mostly kernel start-up and imports; on a cold store two notebooks asking for
+    one artifact are safe (the store's per-key locks: one computes, the other reads it) but
+    the order data -> attacks -> defenses no longer paces the work. On a failure no further
+    notebook starts; those already running finish.
 
     No half-written notebook ever sits at a final path: papermill writes each notebook to
     ``<name>.ipynb.partial`` next to its final path (``partial_path``) and saves it there
@@ -105,9 +112,12 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
     # when nbval re-runs them under the smoke profile. Other values are injected as usual.
     os.environ["BDLIB_PROFILE"] = profile
     with_allocator_env()  # inherited by the kernels papermill starts (a 1.8-3x faster CPU step)
-    bar = tqdm(nbs, desc=f"notebooks ({profile})", unit="nb")
-    for nb in bar:
-        bar.set_postfix_str(nb.name)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+
+    def execute(nb: Path) -> tuple[Path, float]:
+        """One notebook into ``<out>.partial``, renamed onto ``out`` when it has finished
+        (also after an error, which papermill has written into it)."""
         out = (output_dir / nb.name) if output_dir else nb
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = partial_path(out)
@@ -117,19 +127,64 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
                 warnings.filterwarnings("ignore", message=r"The specified file .* does not end in")
                 pm.execute_notebook(str(nb), str(partial), parameters=parameters, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, log_output=log_output)
-        except PapermillExecutionError as exc:
+        except PapermillExecutionError:
             _finish(partial, out)
-            bar.close()
-            print(f"\nFAILED: {nb.name}, cell {exc.exec_count} (index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
-                  f"the partially executed notebook is at {out}", file=sys.stderr)
-            return 1
+            raise
         except KeyboardInterrupt:
-            bar.close()
             print(f"\nINTERRUPTED: {nb.name}; {out} was left as it was"
                   + (f", the incomplete notebook is at {partial}" if partial.exists() else ""), file=sys.stderr)
             raise
         _finish(partial, out)
-        tqdm.write(f"{nb.name}: {time.perf_counter() - t0:.1f} s -> {out}")
+        return out, time.perf_counter() - t0
+
+    def failed(nb: Path, exc: PapermillExecutionError) -> int:
+        out = (output_dir / nb.name) if output_dir else nb
+        print(f"\nFAILED: {nb.name}, cell {exc.exec_count} (index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
+              f"the partially executed notebook is at {out}", file=sys.stderr)
+        return 1
+
+    bar = tqdm(nbs, desc=f"notebooks ({profile})", unit="nb")
+    if jobs == 1:
+        for nb in bar:
+            bar.set_postfix_str(nb.name)
+            try:
+                out, seconds = execute(nb)
+            except PapermillExecutionError as exc:
+                bar.close()
+                return failed(nb, exc)
+            except KeyboardInterrupt:
+                bar.close()
+                raise
+            tqdm.write(f"{nb.name}: {seconds:.1f} s -> {out}")
+        return 0
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending = list(nbs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = {}
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:  # start in numeric order, `jobs` at a time
+                    nb = pending.pop(0)
+                    running[pool.submit(execute, nb)] = nb
+                bar.set_postfix_str(", ".join(n.name for n in running.values()))
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    nb = running.pop(fut)
+                    try:
+                        out, seconds = fut.result()
+                    except PapermillExecutionError as exc:
+                        pending.clear()  # start nothing more; the running ones finish
+                        wait(running)
+                        bar.close()
+                        return failed(nb, exc)
+                    bar.update(1)
+                    tqdm.write(f"{nb.name}: {seconds:.1f} s -> {out}")
+        except KeyboardInterrupt:
+            pending.clear()
+            bar.close()
+            raise
+    bar.close()
     return 0
 
 

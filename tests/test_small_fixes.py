@@ -2,6 +2,9 @@
 root ("System error."), float samples far outside [-1, 1], a manifest path that climbs out
 of the dataset root, and a killed ``bdlib run`` leaving a half-written notebook at the
 final path (bdlib/audio.py, bdlib/data/audioset.py, bdlib/runner.py)."""
+import time
+from pathlib import Path
+
 import nbformat
 import numpy as np
 import pandas as pd
@@ -168,3 +171,46 @@ def test_a_failed_run_puts_the_notebook_with_its_error_at_the_final_path(tmp_pat
     assert nb.metadata.papermill.exception is True and nb.cells[0].outputs[0].evalue == "boom"
     assert not (tmp_path / "20_probe.ipynb.partial").exists()
     assert "FAILED: 20_probe.ipynb" in capsys.readouterr().err
+
+
+def test_jobs_runs_notebooks_side_by_side_and_a_failure_starts_no_more(tmp_path, monkeypatch, runner_env, capsys):
+    """`bdlib run --jobs 2`: two notebooks execute at the same time (each waits at a barrier
+    that only a second, concurrent one releases), every one ends at its final path; after a
+    failure no further notebook starts and the failed one carries its error."""
+    import threading
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    srcs = [tmp_path / f"{n}_probe.ipynb" for n in (10, 11, 12, 13)]
+    for src in srcs:
+        _probe(src)
+    out_dir = tmp_path / "out"
+    barrier = threading.Barrier(2, timeout=20)
+    started = []
+
+    def execute(input_path, output_path, **kw):
+        started.append(Path(input_path).name)
+        barrier.wait()  # BrokenBarrierError if the other notebook is not running alongside
+        nb = nbformat.read(input_path, as_version=4)
+        nbformat.write(nb, output_path)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(runner_env, "notebooks", lambda only=None: srcs)
+    assert runner_env.run_all("default", output_dir=out_dir, jobs=2) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == [s.name for s in srcs]
+
+    started.clear()
+
+    def first_fails(input_path, output_path, **kw):
+        started.append(Path(input_path).name)
+        nbformat.write(nbformat.read(input_path, as_version=4), output_path)
+        if input_path.endswith("10_probe.ipynb"):
+            raise PapermillExecutionError(0, 1, "x = 1", "ValueError", "boom", [])
+        time.sleep(0.5)  # still running when the failure is seen
+
+    monkeypatch.setattr(papermill, "execute_notebook", first_fails)
+    assert runner_env.run_all("default", output_dir=tmp_path / "out2", jobs=2) == 1
+    assert sorted(started) == ["10_probe.ipynb", "11_probe.ipynb"], "a notebook started after the failure"
+    assert (tmp_path / "out2" / "11_probe.ipynb").exists(), "the running notebook was not let finish"
+    assert "FAILED: 10_probe.ipynb" in capsys.readouterr().err
