@@ -144,7 +144,7 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
         return 1
 
     bar = tqdm(nbs, desc=f"notebooks ({profile})", unit="nb")
-    if jobs == 1:
+    if jobs == 1:  # in this thread: Ctrl-C reaches papermill's own loop, which stops the kernel at once
         for nb in bar:
             bar.set_postfix_str(nb.name)
             try:
