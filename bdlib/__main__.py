@@ -10,7 +10,9 @@
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
 ``--models`` (registry names, :data:`bdlib.models.MODELS`; default the profile's) sets the
-architectures of the study and the ``models`` parameter of every notebook.
+architectures of the study and the ``models`` parameter of every notebook; without it the
+study also computes the profile's ``model_rows`` (default: LSTM-attention and ResNet on three
+attacks), shown by notebook 90.
 ``--device`` (default ``$BDLIB_DEVICE``, else CUDA when present) is where models run; the
 stored results do not depend on it (bdlib/device.py says what does and does not stay
 bit-identical across devices).
@@ -207,16 +209,21 @@ def _figures(args) -> int:
 
 
 def _study(args, seeds: list[int], models=None) -> None:
-    from .study import collection_study
+    """The collection grid and, unless ``models`` are given, the profile's model rows (notebook 90)."""
+    from .study import collection_study, model_rows_studies
 
     models = models or getattr(args, "models", None)  # `run -p models=[...]` or --models; None: the profile's
-    study = collection_study(args.profile, seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root,
-                             target=args.target, device=args.device, models=None if models is None else list(models))
-    print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
-          f"({args.profile}, {args.dataset}, models {', '.join(study.models)}, device {study.device or 'default'})",
-          file=sys.stderr)
-    study.run(scheduler=args.scheduler, serial=args.serial)
-    print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
+    common = dict(seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root, target=args.target,
+                  device=args.device)
+    studies = [collection_study(args.profile, models=None if models is None else list(models), **common)]
+    if models is None:
+        studies += model_rows_studies(args.profile, **common)
+    for study in studies:
+        print(f"study: {len(study.victim_cells())} victim cells, {len(study.defense_cells())} defense cells "
+              f"({args.profile}, {args.dataset}, models {', '.join(study.models)}, attacks "
+              f"{', '.join(study.attacks)}, device {study.device or 'default'})", file=sys.stderr)
+        study.run(scheduler=args.scheduler, serial=args.serial)
+        print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

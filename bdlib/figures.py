@@ -272,14 +272,13 @@ def budget_curves(frame: pd.DataFrame):
     return fig
 
 
-def defense_grid(frame: pd.DataFrame):
+def defense_grid(frame: pd.DataFrame, name: str = "90_defense_grid"):
     """Heatmaps of ASR after, ACC after and DER, defense × attack (``<model> / <attack>`` when
     the table holds several models), with the undefended victim (``none``) as the first row of
-    ASR and ACC; one run per (defense, attack[, model]) cell."""
+    ASR and ACC; one run per (defense, attack[, model]) cell. ``name``: the figure's, in errors."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    name = "90_defense_grid"
     frame = _by_victim(frame)
     _one_row_per_cell(frame, ["defense", "attack"], name)
     grid = {m: frame.pivot(index="defense", columns="attack", values=v)
@@ -294,6 +293,12 @@ def defense_grid(frame: pd.DataFrame):
         sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, ax=ax, cbar=False).set(title=title)
     fig.tight_layout()
     return fig
+
+
+def model_rows_grid(frame: pd.DataFrame):
+    """:func:`defense_grid` of the profile's model rows (notebook 90): the other architectures'
+    victims, one column per ``<model> / <attack>``."""
+    return defense_grid(frame, name="90_model_rows")
 
 
 def attack_bars(frame: pd.DataFrame):
@@ -373,6 +378,10 @@ FIGURES.add("41_budget_curves", Drawer(
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))
+FIGURES.add("90_model_rows", Drawer(
+    model_rows_grid,
+    ("defense", "attack", "model", "asr_before", "acc_before", "asr_after", "acc_after", "der"),
+    about="notebook 90: the same grid for the profile's model rows (other architectures, fewer attacks)"))
 FIGURES.add("90_attacks", Drawer(
     attack_bars, ("attack", "sample_rate", "acc", "asr"), optional=("model",),
     about="notebook 90: ACC and ASR of every undefended victim"))

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .attacks import ATTACKS
 from .defenses import DEFENSES
+from .models import MODELS
 from .models.contract import DefenseNotApplicable
 from .profiles import Profile, get_profile
 
@@ -257,8 +258,6 @@ class Study:
             DEFENSES.get(d)
             _settings(s)
         self.models = tuple(self.models or self.profile.models)
-        from .models import MODELS
-
         for m in self.models:
             MODELS.get(m)
 
@@ -528,6 +527,33 @@ def collection_study(profile: str | Profile = "default", seeds=(0,), **kwargs) -
     if rounds is not None:
         defenses["ibau"] = {**defenses["ibau"], "epochs": rounds}
     return Study(prof, defenses=defenses, seeds=tuple(seeds), **kwargs)
+
+
+def model_rows_studies(profile: str | Profile = "default", seeds=(0,), **kwargs) -> list[Study]:
+    """The profile's ``model_rows``: each architecture's clean model and victims on its few
+    attacks, defended as in :func:`collection_study` (none when the profile has no model rows).
+    Notebook 90 shows them beside the main model's grid.
+
+    One deviation per model, so that NAD runs instead of refusing: NAD takes one β per distilled
+    layer, and the grid's three (BackdoorBench's 500, 1000, 1000 for three stages, deepest last)
+    are cut to the deepest ``k`` for a model that declares ``k < 3`` attention layers (LSTM-att:
+    1000, 1000). Models that differ in attacks or in that cut are separate studies."""
+    prof = get_profile(profile)
+    default_betas = tuple(DEFENSES.get("nad").Config().betas)
+    groups: dict[tuple, list[str]] = {}
+    for model, attacks in prof.model_rows.items():
+        if isinstance(attacks, str):
+            raise TypeError(f"profile {prof.name!r}: model_rows[{model!r}] takes a list of attacks, not {attacks!r}")
+        k = len(MODELS.get(model).attention_layers)
+        betas = default_betas[-k:] if 0 < k < len(default_betas) else None
+        groups.setdefault((tuple(attacks), betas), []).append(model)
+    studies = []
+    for (attacks, betas), models in groups.items():
+        study = collection_study(prof, seeds=seeds, models=models, attacks=list(attacks), **kwargs)
+        if betas is not None:
+            study.defenses["nad"] = {**study.defenses["nad"], "betas": betas}
+        studies.append(study)
+    return studies
 
 
 def main_table_study(profile: str | Profile = "default", seeds=(0, 1, 2), attacks=None, defenses=None,

@@ -308,5 +308,29 @@ def passes_bar(study_table: pd.DataFrame, asr_bar: float = 0.2, acc_drop: float 
     return out
 
 
+def victim_report(table: pd.DataFrame, clean_acc: dict[str, float], asr_bar: float = 0.9,
+                  acc_points: float = 0.03) -> list[str]:
+    """Notebook 90's claims about one seed's grid, a line each: per model its clean ACC; per
+    victim its ASR against the attack bar (ASR >= 90 %, ACC within 3 points of the clean
+    model's); per defense run ASR and ACC before -> after, DER and time, or "not applicable"
+    with the defense's reason. ``table``: defense rows of :meth:`bdlib.study.Study.run` with
+    ``label`` as ``defense``; ``clean_acc``: model -> its clean model's ACC."""
+    lines = []
+    for model, acc in clean_acc.items():
+        lines.append(f"clean {model} ACC {acc:.1%} (>= 90 %: {acc >= 0.9})")
+        for attack, sub in table[table.model == model].groupby("attack"):
+            row = sub.iloc[0]
+            lines.append(f"{model} / {attack}: ASR {row.asr_before:.1%} (>= {asr_bar * 100:.0f} %: {row.asr_before >= asr_bar}), "
+                         f"ACC {row.acc_before:.1%} (within {acc_points * 100:.0f} points of clean: "
+                         f"{acc - row.acc_before <= acc_points})")
+            for r in sub.itertuples():
+                if r.status == NOT_APPLICABLE:
+                    lines.append(f"   {r.defense:12s} not applicable: {r.reason}")
+                    continue
+                lines.append(f"   {r.defense:12s} ASR {r.asr_before:.1%} -> {r.asr_after:.1%}, ACC {r.acc_before:.1%} -> "
+                             f"{r.acc_after:.1%}, DER {r.der:.3f}, {r.time_s:.1f} s")
+    return lines
+
+
 __all__ = ["METRICS", "MainTable", "NO_DEFENSE", "cell_stats", "check_one_setting", "main_table", "passes_bar",
-           "per_seed", "write_main_table"]
+           "per_seed", "victim_report", "write_main_table"]

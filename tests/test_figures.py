@@ -53,6 +53,10 @@ def _defense_grid() -> pd.DataFrame:
                          for d in ("ft", "gnft-approx") for a in before])
 
 
+def _model_rows() -> pd.DataFrame:  # two architectures on the same attacks: one column per model / attack
+    return pd.concat([_defense_grid().assign(model=m) for m in ("lstmatt", "resnet")], ignore_index=True)
+
+
 def _attacks() -> pd.DataFrame:
     return pd.DataFrame({"attack": ["badnets", "ultrasonic"], "model": "smallcnn", "sample_rate": [16000, 44100],
                          "acc": [0.9, 0.88], "asr": [1.0, 0.97]})
@@ -71,7 +75,8 @@ def _flowmur_control() -> pd.DataFrame:
 
 #: a small table with exactly the documented columns, per drawer
 EXAMPLES = {figures.observation_gradients: _observation, figures.budget_curves: _budget,
-            figures.defense_grid: _defense_grid, figures.attack_bars: _attacks, figures.asr_before_after: _asr_bars,
+            figures.defense_grid: _defense_grid, figures.model_rows_grid: _model_rows, figures.attack_bars: _attacks,
+            figures.asr_before_after: _asr_bars,
             figures.snr_control: _flowmur_control}
 DRAWERS = {FIGURES.get(n).draw: n for n in FIGURES.names()}  # one registered name per drawer
 

@@ -148,3 +148,20 @@ def test_exact_mode_uses_the_default_implementation():
     ref = run(EXACT_GRADIENTS[EXACT_DEFAULT], copy.deepcopy(net), x, y, lam=0.3)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["smalllstm", "lstmatt", "rnn"])
+def test_exact_form_runs_on_recurrent_models_and_matches_reverse_over_reverse(model):
+    """PyTorch's fused CPU LSTM kernel (oneDNN, float32) has no forward-mode derivative; the
+    models' LSTM (bdlib/models/recurrent.py) falls back to unfused kernels under forward AD, so
+    the default forward-over-reverse H·u equals reverse-over-reverse on every recurrent model."""
+    from bdlib.models import build_model
+
+    net = build_model(model, (26, 13), 3, seed=0).eval()  # eval: no dropout draw between the two calls
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 1, 26, 13, generator=g), torch.randint(0, 3, (4,), generator=g)
+    _, fwd = EXACT_GRADIENTS["forward_hvp"](net, x, y, LAM, "per_tensor")
+    _, rev = EXACT_GRADIENTS["reverse_hvp"](net, x, y, LAM, "per_tensor")
+    for a, b in zip(fwd, rev):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert torch.backends.mkldnn.enabled  # the fused kernels are back on afterwards

@@ -89,8 +89,8 @@ def test_contract_refusals_name_defense_model_and_part():
         contract.check_contract(broken)
 
 
-# (registry name, knobs): tiny budgets, one step per epoch; Fine-Pruning also with its conv option
-CASES = [(d, {}) for d in DEFENSES] + [("fp", {"layer": "last_conv"})]
+# (registry name, knobs): tiny budgets, one step per epoch; Fine-Pruning also with its conv option, GN-FT also exact
+CASES = [(d, {}) for d in DEFENSES] + [("fp", {"layer": "last_conv"}), ("gnft", {"mode": "exact"})]
 KNOBS = {"clp": {}, "fp": {"epochs": 1, "prune_step": 0.2}, "nad": {"epochs": 1, "teacher_epochs": 1},
          "anp": {"epochs": 1}, "tsbd": {"epochs": 3, "unlearn_max_epochs": 2},
          "ibau": {"epochs": 1, "K": 2, "pert_steps": 1}}

@@ -450,3 +450,47 @@ def test_defend_victims_skips_a_refused_model_naming_it_and_runs_the_rest(fake_c
     out = capsys.readouterr().out
     assert "anp does not apply to rnn (badnets): ANP cannot defend StackedLSTM" in out
     assert {(e[1], e[2]) for e in log if e[0] == "defend"} == {("anp", "smallcnn")}
+
+
+def test_model_rows_are_the_profiles_other_architectures_on_their_attacks_only():
+    from bdlib.profiles import get_profile
+    from bdlib.study import model_rows_studies
+
+    assert model_rows_studies("smoke") == []  # CI's profile trains no other architecture
+    lstmatt, resnet = model_rows_studies("default")
+    grid = collection_study("default")
+    for study, model in ((lstmatt, "lstmatt"), (resnet, "resnet")):
+        assert study.models == (model,) and list(study.attacks) == ["badnets", "blended", "jingleback"]
+        # every defense of the collection grid per victim, plus the model's clean model
+        assert len(study.defense_cells()) == 3 * len(grid.defense_cells()) // len(grid.attacks)
+        assert sum(v.attack is None for v in study.victim_cells()) == 1
+    # the same knobs, but NAD's betas cut to LSTM-att's two attention layers (the deepest two)
+    assert resnet.defenses == grid.defenses
+    assert {k: v for k, v in lstmatt.defenses.items() if k != "nad"} == {k: v for k, v in grid.defenses.items()
+                                                                          if k != "nad"}
+    assert lstmatt.defenses["nad"] == {**grid.defenses["nad"], "betas": (1000.0, 1000.0)}
+    # models with different attack lists are different studies; a bare string is refused
+    split = model_rows_studies(get_profile("smoke", model_rows={"resnet": ["badnets"], "smallcnn": ["blended"]}))
+    assert sorted((s.models, tuple(s.attacks)) for s in split) == [(("resnet",), ("badnets",)),
+                                                                    (("smallcnn",), ("blended",))]
+    with pytest.raises(TypeError, match="model_rows\\['resnet'\\] takes a list"):
+        model_rows_studies(get_profile("smoke", model_rows={"resnet": "badnets"}))
+
+
+def test_study_step_adds_model_rows_unless_models_are_given(monkeypatch):
+    import argparse
+
+    import bdlib.__main__ as cli
+
+    ran = []
+    monkeypatch.setattr(Study, "run", lambda self, **kw: ran.append((self.models, tuple(self.attacks))) or setattr(
+        self, "last_run", {"wall_s": 0.0}))
+    args = argparse.Namespace(profile="default", dataset="embedded", dataset_root=None, target=None, device=None,
+                              scheduler=None, serial=True, models=None)
+    cli._study(args, seeds=[0])
+    three = ("badnets", "blended", "jingleback")
+    assert ran == [(("smallcnn",), tuple(collection_study("default").attacks)), (("lstmatt",), three),
+                   (("resnet",), three)]
+    ran.clear()
+    cli._study(args, seeds=[0], models=["resnet"])  # --models: exactly those, on the whole grid
+    assert len(ran) == 1 and ran[0][0] == ("resnet",)

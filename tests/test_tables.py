@@ -183,3 +183,24 @@ def test_the_victims_own_row_wins_and_disagreeing_before_numbers_without_one_rai
     assert cell(main_table(table), NO_DEFENSE, "badnets", "acc_after")["mean"] == pytest.approx(0.90)
     with pytest.raises(ValueError, match="different before-defense numbers"):
         main_table(table[table.label != "none"])
+
+
+def test_victim_report_judges_each_victim_against_its_own_clean_model_and_names_refusals():
+    from bdlib.tables import victim_report
+
+    rows = pd.DataFrame([
+        {"model": "resnet", "attack": "badnets", "defense": "ft", "status": "ok", "reason": None, "asr_before": 0.99,
+         "acc_before": 0.95, "asr_after": 0.5, "acc_after": 0.9, "der": 0.72, "time_s": 3.0},
+        {"model": "resnet", "attack": "badnets", "defense": "anp", "status": "not applicable",
+         "reason": "resnet has no norm_layers", "asr_before": 0.99, "acc_before": 0.95, "asr_after": float("nan"),
+         "acc_after": float("nan"), "der": float("nan"), "time_s": float("nan")},
+        {"model": "lstmatt", "attack": "badnets", "defense": "ft", "status": "ok", "reason": None, "asr_before": 0.8,
+         "acc_before": 0.5, "asr_after": 0.7, "acc_after": 0.5, "der": 0.55, "time_s": 2.0}])
+    lines = victim_report(rows, {"resnet": 0.97, "lstmatt": 0.6})
+    assert lines[0] == "clean resnet ACC 97.0% (>= 90 %: True)"
+    assert lines[1] == "resnet / badnets: ASR 99.0% (>= 90 %: True), ACC 95.0% (within 3 points of clean: True)"
+    assert lines[2].split() == ["ft", "ASR", "99.0%", "->", "50.0%,", "ACC", "95.0%", "->", "90.0%,", "DER", "0.720,",
+                                "3.0", "s"]
+    assert lines[3].split(None, 1) == ["anp", "not applicable: resnet has no norm_layers"]
+    # lstmatt: ASR under the bar and ACC 10 points under its own clean model
+    assert lines[5] == "lstmatt / badnets: ASR 80.0% (>= 90 %: False), ACC 50.0% (within 3 points of clean: False)"

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .recurrent import LSTM
+
 
 class LSTMAtt(nn.Module):
     # the parts defenses use (bdlib.models.contract.DefendableModel)
@@ -39,8 +41,8 @@ class LSTMAtt(nn.Module):
         self.batchnorm1 = nn.BatchNorm2d(10)
         self.conv2 = nn.Conv2d(10, 1, kernel_size=(5, 1), padding="same")
         self.batchnorm2 = nn.BatchNorm2d(1)
-        self.rnn1 = nn.LSTM(coeffs, 64, bidirectional=True, batch_first=True)
-        self.rnn2 = nn.LSTM(128, 64, bidirectional=True, batch_first=True)
+        self.rnn1 = LSTM(coeffs, 64, bidirectional=True, batch_first=True)
+        self.rnn2 = LSTM(128, 64, bidirectional=True, batch_first=True)
         self.dense1 = nn.Linear(128, 128)
         self.attention = nn.Linear(128, 128)
         self.dense2 = nn.Linear(frames, 64)

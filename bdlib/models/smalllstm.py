@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .probe import probe_shape
+from .recurrent import LSTM
 
 
 class SmallLSTM(nn.Module):
@@ -47,7 +48,7 @@ class SmallLSTM(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, padding=(0, 1))
         self.drop1 = nn.Dropout(0.4)
         _, c, _, w = probe_shape(self.conv_blocks, self.input_shape, "SmallLSTM")
-        self.rnn = nn.LSTM(w * c, 128, num_layers=2, batch_first=True)
+        self.rnn = LSTM(w * c, 128, num_layers=2, batch_first=True)
         self.fc2 = nn.Linear(128, num_classes)
 
     def conv_blocks(self, x: torch.Tensor) -> torch.Tensor:

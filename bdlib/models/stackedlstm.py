@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .recurrent import LSTM
+
 
 class StackedLSTM(nn.Module):
     # the parts defenses use (bdlib.models.contract.DefendableModel)
@@ -31,7 +33,7 @@ class StackedLSTM(nn.Module):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
-        self.lstm = nn.LSTM(self.input_shape[1], self.HIDDEN, num_layers=self.LAYERS, batch_first=True)
+        self.lstm = LSTM(self.input_shape[1], self.HIDDEN, num_layers=self.LAYERS, batch_first=True)
         self.fc = nn.Linear(self.HIDDEN, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
