@@ -67,31 +67,55 @@ def get_client(scheduler: str | None = None, workers: int | None = None):
     from distributed import Client, LocalCluster
 
     scheduler = scheduler or os.environ.get("BDLIB_SCHEDULER")
-    if scheduler:
-        client = Client(scheduler)
-        cluster = None
-    else:
-        n, threads = local_layout(workers=workers)
-        # "pre-spawn": glibc and OpenMP read these once, at process start. Dask's own default here
-        # (MALLOC_TRIM_THRESHOLD_=65536) trims the heap after every pass: 2-4x slower torch steps.
-        try:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_env(threads)}):
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=40)
-        except RuntimeError as exc:  # typically: spawned workers re-imported an unguarded script
-            raise RuntimeError(
-                "could not start the local Dask cluster's workers. From a script, put the code that runs a study "
-                "under `if __name__ == \"__main__\":` (worker processes re-import the script), or run it in this "
-                "process with Study.run(serial=True) / `python -m bdlib study --serial`") from exc
-        client = Client(cluster)
-        print(f"Dask local cluster: {n} worker(s) x {threads} torch thread(s)", file=sys.stderr)
-    print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    # Dask's nanny copies its pre-spawn variables into this process's os.environ for good, and a
+    # variable already there wins over the config: a second local cluster in one process (another
+    # layout) started its workers with the first one's thread counts. So the workers' variables are
+    # put in os.environ while the cluster lives, and this process's environment is restored after.
+    restore = _environment_restorer()
+    client = cluster = None
     try:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            n, threads = local_layout(workers=workers)
+            # "pre-spawn": glibc and OpenMP read these once, at process start. Dask's own default here
+            # (MALLOC_TRIM_THRESHOLD_=65536) trims the heap after every pass: 2-4x slower torch steps.
+            env = worker_env(threads)
+            os.environ.update(env)
+            try:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0", silence_logs=40)
+            except RuntimeError as exc:  # typically: spawned workers re-imported an unguarded script
+                raise RuntimeError(
+                    "could not start the local Dask cluster's workers. From a script, put the code that runs a "
+                    "study under `if __name__ == \"__main__\":` (worker processes re-import the script), or run it "
+                    "in this process with Study.run(serial=True) / `python -m bdlib study --serial`") from exc
+            client = Client(cluster)
+            print(f"Dask local cluster: {n} worker(s) x {threads} torch thread(s)", file=sys.stderr)
+        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
         yield client
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
+        restore()
+
+
+def _environment_restorer():
+    """A function that puts ``os.environ`` back as it is now (values changed, added or removed
+    since are undone)."""
+    saved = dict(os.environ)
+
+    def restore() -> None:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+    return restore
 
 
 def show_progress(futures, enabled: bool = True) -> None:

@@ -212,6 +212,31 @@ def test_local_cluster_workers_get_the_malloc_settings(monkeypatch):
     assert seen == {**ALLOCATOR_ENV, **WORKER_MALLOC_ENV}
 
 
+def test_a_second_local_cluster_gets_its_own_thread_counts_and_the_environment_is_restored(monkeypatch):
+    """Dask's nanny writes its pre-spawn variables into the parent's os.environ, where they then
+    override the next cluster's config: 2 workers started after a 1-worker cluster ran 2 torch
+    threads each on 2 cores (found by make test running this file before test_study_on_real_layouts)."""
+    import os
+
+    from bdlib.cluster import get_client
+
+    monkeypatch.delenv("BDLIB_SCHEDULER", raising=False)
+    monkeypatch.delenv("BDLIB_TORCH_THREADS", raising=False)
+    before = dict(os.environ)
+
+    def threads_seen():
+        return client.run(lambda: __import__("os").environ.get("BDLIB_TORCH_THREADS"))
+
+    with get_client(workers=1) as client:
+        first = threads_seen()
+    assert dict(os.environ) == before
+    with get_client(workers=2) as client:
+        second = threads_seen()
+    assert dict(os.environ) == before
+    n = len(os.sched_getaffinity(0))
+    assert set(first.values()) == {str(n)} and set(second.values()) == {str(max(1, n // 2))}
+
+
 # --- issue 13: a defense that cannot act on a model is a "not applicable" row, not a failed study ----------
 class _FakeStore:
     def __init__(self):
