@@ -322,7 +322,7 @@ def victim_report(table: pd.DataFrame, clean_acc: dict[str, float], asr_bar: flo
             row = sub.iloc[0]
             lines.append(f"{model} / {attack}: ASR {row.asr_before:.1%} (>= {asr_bar * 100:.0f} %: {row.asr_before >= asr_bar}), "
                          f"ACC {row.acc_before:.1%} (within {acc_points * 100:.0f} points of clean: "
-                         f"{acc - row.acc_before <= acc_points})")
+                         f"{acc - row.acc_before <= acc_points + 1e-9})")  # to 1e-9, as passes_bar
             for r in sub.itertuples():
                 if r.status == NOT_APPLICABLE:
                     lines.append(f"   {r.defense:12s} not applicable: {r.reason}")
