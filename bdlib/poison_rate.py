@@ -29,6 +29,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .profiles import Profile, get_profile
+from .tables import keeps_acc
 from .study import NOT_APPLICABLE, NOTEBOOK_DEFENSES, Study, matched_ft_knobs, mean_sd
 
 #: the issue's rates: 0.5 % to 10 % (10 %: the profile's, the GN-FT paper's)
@@ -139,7 +140,7 @@ def rate_bar(rows: pd.DataFrame, asr_bar: float = 0.2, acc_drop: float = 0.03) -
     keys = ["model", "attack", "poison_rate", "method"]
     out = runs.groupby(keys, sort=False)[["asr_after", "acc_before", "acc_after"]].mean().reset_index()
     out["acc_drop"] = out["acc_before"] - out["acc_after"]
-    out["passes"] = (out["asr_after"] <= asr_bar) & (out["acc_drop"] <= acc_drop + 1e-9)
+    out["passes"] = (out["asr_after"] <= asr_bar) & keeps_acc(out["acc_drop"], acc_drop)
     return out
 
 

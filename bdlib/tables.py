@@ -43,6 +43,15 @@ METRICS: dict[str, tuple[str, str]] = {
 MEASURED = frozenset({"acc_before", "asr_before", "ra_before", "acc_after", "asr_after", "ra_after", "der", "time_s",
                       "peak_rss_mb", "torch_threads", "device"})
 
+#: float slack when judging "ACC within N points": a drop of exactly N points passes
+ACC_SLACK = 1e-9
+
+
+def keeps_acc(acc_drop, points: float):
+    """Whether an ACC drop (a float or a Series) is within ``points``, to :data:`ACC_SLACK`."""
+    return acc_drop <= points + ACC_SLACK
+
+
 _DEFENSE_COLUMNS = ("defense", "label", "clean_fraction", "status", "reason")
 
 
@@ -301,7 +310,7 @@ def passes_bar(study_table: pd.DataFrame, asr_bar: float = 0.2, acc_drop: float 
     out.insert(len(keys), "n", g.size().to_numpy())
     out["acc_drop"] = out.acc_before - out.acc_after
     out["removes_backdoor"] = out.asr_after <= asr_bar
-    out["keeps_acc"] = out.acc_drop <= acc_drop + 1e-9
+    out["keeps_acc"] = keeps_acc(out.acc_drop, acc_drop)
     out["passes"] = out.removes_backdoor & out.keeps_acc
     if "status" in rows.columns:  # one value per cell: check_one_setting refused cells whose seeds disagree
         out["status"] = g["status"].first().to_numpy()
@@ -322,7 +331,7 @@ def victim_report(table: pd.DataFrame, clean_acc: dict[str, float], asr_bar: flo
             row = sub.iloc[0]
             lines.append(f"{model} / {attack}: ASR {row.asr_before:.1%} (>= {asr_bar * 100:.0f} %: {row.asr_before >= asr_bar}), "
                          f"ACC {row.acc_before:.1%} (within {acc_points * 100:.0f} points of clean: "
-                         f"{acc - row.acc_before <= acc_points + 1e-9})")  # to 1e-9, as passes_bar
+                         f"{keeps_acc(acc - row.acc_before, acc_points)})")
             for r in sub.itertuples():
                 if r.status == NOT_APPLICABLE:
                     lines.append(f"   {r.defense:12s} not applicable: {r.reason}")
