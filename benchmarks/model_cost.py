@@ -2,7 +2,9 @@
 
 Why a script and not a test: timings depend on the machine. One step is forward, cross-entropy,
 backward and an Adam update on a batch of (N, 1, 101, 40) MFCC maps (the paper's 16 kHz
-input) and 10 classes; the median over ``--steps`` steps after ``--warmup`` is reported.
+input) and 10 classes; the median over ``--steps`` steps after ``--warmup`` is reported, with the
+malloc settings in effect (``bdlib.allocator``; here LargeCNN and the RNN step 1.1x and 1.3x slower
+without them: run under ``make bench`` or export them).
 
     python benchmarks/model_cost.py [--batch 64] [--steps 5] [--warmup 1] [--threads 2] [models ...]
 """
@@ -40,6 +42,7 @@ def step_seconds(name: str, batch: int, steps: int, warmup: int) -> dict:
 def main() -> None:
     import torch
 
+    from bdlib.allocator import allocator_settings
     from bdlib.models import MODELS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,7 +54,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for name in a.models:
-        print(json.dumps({**step_seconds(name, a.batch, a.steps, a.warmup), "threads": a.threads}), flush=True)
+        print(json.dumps({**step_seconds(name, a.batch, a.steps, a.warmup), "threads": a.threads,
+                          "malloc": allocator_settings()}), flush=True)
 
 
 if __name__ == "__main__":
