@@ -6,6 +6,7 @@
     python -m bdlib data  --profile default [--dataset NAME --dataset-root PATH]
     python -m bdlib store verify [--kind K] [--remove] | store remove KIND KEY
     python -m bdlib figures [--folder PATH] [--strict]
+    python -m bdlib timings [--run ID | --runs]
 
 ``run`` first computes the collection's study (every victim and every defense run of the
 notebooks) on Dask, then executes the notebooks with papermill over the cached results.
@@ -18,6 +19,9 @@ stored results do not depend on it (bdlib/device.py says what does and does not 
 bit-identical across devices).
 ``figures`` redraws every figure of ``figures/`` (or ``--folder``) from the CSV saved next to
 it, without training anything, and lists the PNGs it cannot redraw (bdlib/figures.py).
+``timings`` prints the wall time of every step (the study, each notebook) of the latest ``run``
+(or of ``--run ID``), read from ``$BDLIB_DATA/executed/timings.jsonl``; ``--runs`` lists the
+recorded runs with their totals (bdlib/timings.py).
 """
 from __future__ import annotations
 
@@ -112,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "PNGs that have no CSV or no drawer")
     figs.add_argument("--folder", type=Path, help="the figures folder (default: the repository's figures/)")
     figs.add_argument("--strict", action="store_true", help="exit 1 when a PNG in the folder cannot be redrawn")
+    tim = sub.add_parser("timings", help="the wall time of each step of the latest `run` (the study, every notebook)")
+    tim.add_argument("--run", help="this run's id instead of the latest (see --runs)")
+    tim.add_argument("--runs", action="store_true", help="list every recorded run: steps, total seconds, when it ended")
     args = parser.parse_args(argv)
     try:
         import re
@@ -143,12 +150,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 for m in parameters["models"]:
                     MODELS.get(m)  # a misspelt model fails before the study and the notebooks, naming the valid ones
+            from .timings import new_run_id
+
+            run_id = new_run_id()
             if not (args.only or args.no_study):
-                _study(args, seeds=[args.seed], models=parameters.get("models"))
+                _study(args, seeds=[args.seed], models=parameters.get("models"), run_id=run_id)
             if args.target is not None:
                 parameters["target"] = args.target
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
-                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs)
+                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs,
+                           run_id=run_id)
         if args.cmd == "study":
             _study(args, seeds=args.seeds)
             return 0
@@ -167,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             return _store(args)
         if args.cmd == "figures":
             return _figures(args)
+        if args.cmd == "timings":
+            return _timings(args)
     except (UnknownNameError, ValueError, TypeError, FileNotFoundError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -208,9 +221,35 @@ def _figures(args) -> int:
     return 1 if args.strict and (report.no_csv or report.no_drawer) else 0
 
 
-def _study(args, seeds: list[int], models=None) -> None:
-    """The collection grid and, unless ``models`` are given, the profile's model rows (notebook 90)."""
+def _timings(args) -> int:
+    from .timings import read_timings, run_table, timings_path
+
+    frame = read_timings()
+    if frame.attrs["skipped"]:
+        print(f"warning: {frame.attrs['skipped']} unreadable line(s) in {timings_path()} skipped", file=sys.stderr)
+    if frame.empty:
+        print(f"no timings recorded yet in {timings_path()}: `python -m bdlib run` records one line per step")
+        return 0
+    if args.runs:
+        runs = frame.groupby("run", sort=False).agg(steps=("step", "size"), total_s=("seconds", "sum"),
+                                                    ended=("finished", "last"))
+        print(runs.round(1).to_string())
+        return 0
+    table = run_table(frame, args.run)
+    cols = [c for c in ("step", "seconds", "cumulative_s", "finished", "profile", "dataset", "jobs", "cores")
+            if c in table]
+    print(f"run {table['run'].iloc[0]}: {len(table)} step(s), {table['seconds'].sum():.1f} s in all")
+    print(table[cols].to_string(index=False))
+    return 0
+
+
+def _study(args, seeds: list[int], models=None, run_id: str | None = None) -> None:
+    """The collection grid and, unless ``models`` are given, the profile's model rows (notebook 90);
+    each study's wall time is appended to the timings record (:mod:`bdlib.timings`)."""
     from .study import collection_study, model_rows_studies
+    from .timings import new_run_id, record
+
+    run_id = run_id or new_run_id()
 
     models = models or getattr(args, "models", None)  # `run -p models=[...]` or --models; None: the profile's
     common = dict(seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root, target=args.target,
@@ -224,6 +263,8 @@ def _study(args, seeds: list[int], models=None) -> None:
               f"{', '.join(study.attacks)}, device {study.device or 'default'})", file=sys.stderr)
         study.run(scheduler=args.scheduler, serial=args.serial)
         print(f"study computed in {study.last_run['wall_s']:.1f} s", file=sys.stderr)
+        record(f"study ({', '.join(study.models)})", study.last_run["wall_s"], run=run_id, profile=args.profile, dataset=args.dataset,
+               seeds=list(seeds), cells=len(study.victim_cells()) + len(study.defense_cells()))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .allocator import with_allocator_env
 from .nbstreams import collapse_streams
 from .paths import data_root
 from .profiles import PROFILES
+from .timings import new_run_id, record
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "bdlib"
@@ -63,7 +64,7 @@ def check_parameters(nbs: list[Path], parameters: dict) -> None:
 
 def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = None, only: str | None = None,
             log_output: bool = False, parameters: dict | None = None, dataset: str = "embedded",
-            dataset_root: str | None = None, jobs: int = 1) -> int:
+            dataset_root: str | None = None, jobs: int = 1, run_id: str | None = None) -> int:
     """Execute the notebooks in order. ``parameters`` go to every notebook (each must define
     them); ``dataset``/``dataset_root`` select the data source of every notebook.
 
@@ -73,6 +74,10 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
     one artifact are safe (the store's per-key locks: one computes, the other reads it) but
     the order data -> attacks -> defenses no longer paces the work. On a failure no further
     notebook starts; those already running finish.
+
+    Every notebook that finishes appends its wall time to ``$BDLIB_DATA/executed/timings.jsonl``
+    under ``run_id`` (:mod:`bdlib.timings`; a fresh id when none is given), so a long run's
+    per-notebook times survive an interruption; ``python -m bdlib timings`` shows them.
 
     No half-written notebook ever sits at a final path: papermill writes each notebook to
     ``<name>.ipynb.partial`` next to its final path (``partial_path``) and saves it there
@@ -114,6 +119,11 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
     with_allocator_env()  # inherited by the kernels papermill starts (a 1.8-3x faster CPU step)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    run_id = run_id or new_run_id()
+
+    def finished(nb: Path, out: Path, seconds: float) -> None:
+        record(nb.stem, seconds, run=run_id, profile=profile, dataset=dataset, seed=seed, jobs=jobs)
+        tqdm.write(f"{nb.name}: {seconds:.1f} s -> {out}")
 
     def execute(nb: Path) -> tuple[Path, float]:
         """One notebook into ``<out>.partial``, renamed onto ``out`` when it has finished
@@ -155,7 +165,7 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
             except KeyboardInterrupt:
                 bar.close()
                 raise
-            tqdm.write(f"{nb.name}: {seconds:.1f} s -> {out}")
+            finished(nb, out, seconds)
         return 0
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -179,7 +189,7 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
                         bar.close()
                         return failed(nb, exc)
                     bar.update(1)
-                    tqdm.write(f"{nb.name}: {seconds:.1f} s -> {out}")
+                    finished(nb, out, seconds)
         except KeyboardInterrupt:
             pending.clear()
             bar.close()

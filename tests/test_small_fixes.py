@@ -85,9 +85,10 @@ def _probe(path):
 
 
 @pytest.fixture
-def runner_env(monkeypatch):
+def runner_env(monkeypatch, tmp_path):
     from bdlib import runner
 
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path / "data"))  # the timings record of these probes stays here
     monkeypatch.setenv("BDLIB_PROFILE", "default")  # run_all sets it; restored afterwards
     for key in ALLOCATOR_ENV:
         monkeypatch.delenv(key, raising=False)
