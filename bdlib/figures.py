@@ -229,7 +229,7 @@ def budget_curves(frame: pd.DataFrame):
     n_clean, method, step) are refused."""
     import matplotlib.pyplot as plt
 
-    name = "41_budget_curves"
+    name = "budget curves"  # notebooks 41 and 44
     frame = _by_victim(frame)
     curve = ["attack", "lr", "n_clean", "method", "step"]
     _one_row_per_cell(frame, curve + ["seed"], name)
@@ -375,6 +375,9 @@ FIGURES.add("31_observation_gradients", Drawer(
 FIGURES.add("41_budget_curves", Drawer(
     budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar", "model"),
     about="notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds"))
+FIGURES.add("44_budget_lr", Drawer(
+    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar", "model"),
+    about="notebook 44: the same curves over the learning rate for Blended and JingleBack"))
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))
