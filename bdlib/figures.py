@@ -372,12 +372,14 @@ FIGURES.add("15_flowmur_control", Drawer(
 FIGURES.add("31_observation_gradients", Drawer(
     observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"), optional=("model",),
     about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
+BUDGET_CURVE_COLUMNS = ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc")
 FIGURES.add("41_budget_curves", Drawer(
-    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar", "model"),
+    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
     about="notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds"))
 FIGURES.add("44_budget_lr", Drawer(
-    budget_curves, ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc"), optional=("asr_bar", "model"),
-    about="notebook 44: the same curves over the learning rate for Blended and JingleBack"))
+    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
+    about="notebook 44: the same curves for Blended and JingleBack, over the learning rate (960 clips) and to "
+          "1 200 steps (80 clips)"))
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))
