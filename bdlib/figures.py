@@ -373,13 +373,22 @@ FIGURES.add("31_observation_gradients", Drawer(
     observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"), optional=("model",),
     about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
 BUDGET_CURVE_COLUMNS = ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc")
-FIGURES.add("41_budget_curves", Drawer(
-    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
-    about="notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds"))
+# notebooks 41 and 44 publish their plain (default) grid under the bare name and every larger grid under
+# `<name>_<grid>`, so the committed full slices (`_full`) sit beside the default run's figures
+for _grid, _what in {"": "the default grid: the run profile's victims at its 80 clips, to 300 steps",
+                     "_full": "the slice behind the committed results",
+                     "_budget-cpu": "the budget-cpu grid", "_budget": "the issue's budget grid"}.items():
+    FIGURES.add(f"41_budget_curves{_grid}", Drawer(
+        budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
+        about=f"notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds ({_what})"))
 FIGURES.add("44_budget_lr", Drawer(
     budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
-    about="notebook 44: the same curves for Blended and JingleBack, over the learning rate (960 clips) and to "
-          "1 200 steps (80 clips)"))
+    about="notebook 44: the same curves for Blended and JingleBack on the run profile's victims (80 clips, "
+          "lr 1e-3 and 1e-2, to 300 steps)"))
+FIGURES.add("44_budget_lr_full", Drawer(
+    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
+    about="notebook 44, grid='full': Blended and JingleBack over the learning rate (960 clips, to 300 steps) and "
+          "to 1 200 steps (80 clips)"))
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))
