@@ -6,7 +6,7 @@ key, so a change to how results are *shown* there would recompute hours of curve
 reads tables (:func:`bdlib.budget.budget_table`'s, or a committed ``figures/<name>.csv``).
 
 Why the committed slices are read back (notebooks 41 and 44): their full slices take ≈ 11 and
-≈ 7 CPU-hours on the 2-core machine, too long for a default ``make reproduce``. A plain run computes
+≈ 8 CPU-hours on the 2-core machine, too long for a default ``make reproduce``. A plain run computes
 a small default grid; the full slices' curves are committed as CSV (the figure is drawn from it)
 and the notebooks summarise that file, so the prose about the full slice sits beside its numbers.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .budget import budget_answer, budget_summary
+from .figures import read_table
 from .paths import REPO_ROOT
 
 SETTING = ["model", "attack", "n_clean", "lr"]
@@ -62,7 +63,7 @@ def committed(name: str, folder: Path | None = None) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no committed curves named {name!r} (the repository's figures/ holds them; "
                                 f"a notebook run with grid='full' on the default profile writes them)")
-    return pd.read_csv(path)
+    return read_table(path)
 
 
 __all__ = ["answer_text", "at_end", "committed", "last_checkpoint"]

@@ -373,22 +373,31 @@ FIGURES.add("31_observation_gradients", Drawer(
     observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"), optional=("model",),
     about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
 BUDGET_CURVE_COLUMNS = ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc")
-# notebooks 41 and 44 publish their plain (default) grid under the bare name and every larger grid under
-# `<name>_<grid>`, so the committed full slices (`_full`) sit beside the default run's figures
-for _grid, _what in {"": "the default grid: the run profile's victims at its 80 clips, to 300 steps",
-                     "_full": "the slice behind the committed results",
-                     "_budget-cpu": "the budget-cpu grid", "_budget": "the issue's budget grid"}.items():
-    FIGURES.add(f"41_budget_curves{_grid}", Drawer(
-        budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
-        about=f"notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds ({_what})"))
-FIGURES.add("44_budget_lr", Drawer(
-    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
-    about="notebook 44: the same curves for Blended and JingleBack on the run profile's victims (80 clips, "
-          "lr 1e-3 and 1e-2, to 300 steps)"))
-FIGURES.add("44_budget_lr_full", Drawer(
-    budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"),
-    about="notebook 44, grid='full': Blended and JingleBack over the learning rate (960 clips, to 300 steps) and "
-          "to 1 200 steps (80 clips)"))
+PLAIN_GRIDS = ("default", "smoke")
+
+
+def published_name(base: str, grid: str) -> str:
+    """The figure name notebooks 41 and 44 publish a grid's curves under: the plain grids (what
+    ``bdlib run`` computes) under ``base``, every larger grid under ``<base>_<grid>``, so the
+    committed full slices (``_full``) sit beside the default run's figure instead of replacing it."""
+    return base if grid in PLAIN_GRIDS else f"{base}_{grid}"
+
+
+def _budget_drawer(about: str) -> Drawer:
+    return Drawer(budget_curves, BUDGET_CURVE_COLUMNS, optional=("asr_bar", "model"), about=about)
+
+
+for _grid, _what in {"default": "the default grid: the run profile's BadNets victims, 80 clips, lr 1e-3 and 1e-2, to "
+                                "300 steps", "full": "the slice behind the committed results",
+                     "budget-cpu": "the budget-cpu grid", "budget": "the issue's budget grid"}.items():
+    FIGURES.add(published_name("41_budget_curves", _grid), _budget_drawer(
+        f"notebook 41: ASR/ACC along FT and GN-FT runs, mean ± sd over seeds ({_what})"))
+FIGURES.add(published_name("44_budget_lr", "default"), _budget_drawer(
+    "notebook 44: the same curves for Blended and JingleBack on the run profile's victims (80 clips, lr 1e-3 and "
+    "1e-2, to 300 steps)"))
+FIGURES.add(published_name("44_budget_lr", "full"), _budget_drawer(
+    "notebook 44, grid='full': Blended and JingleBack over the learning rate (960 clips, to 300 steps), at 320 "
+    "clips (lr 1e-2, to 300 steps) and to 1 200 steps (80 clips)"))
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))

@@ -59,3 +59,15 @@ def test_the_repository_commits_the_full_slices_the_notebooks_read():
     for name in ("41_budget_curves_full", "44_budget_lr_full"):
         t = budget_report.committed(name)
         assert t.groupby(["attack", "method", "n_clean", "lr"]).seed.nunique().min() >= 3, name
+
+
+def test_every_grid_the_budget_notebooks_publish_has_a_drawer():
+    from bdlib import figures
+    from bdlib.budget import GRIDS
+
+    assert figures.published_name("41_budget_curves", "smoke") == "41_budget_curves"  # never a second name for CI's run
+    assert figures.published_name("41_budget_curves", "full") == "41_budget_curves_full"
+    for grid in [*GRIDS, "default", "full"]:  # notebook 41's grids: bdlib.budget's and its own two
+        assert figures.published_name("41_budget_curves", grid) in figures.FIGURES, grid
+    for grid in ("smoke", "default", "full"):  # notebook 44's
+        assert figures.published_name("44_budget_lr", grid) in figures.FIGURES, grid
