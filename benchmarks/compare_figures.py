@@ -1,8 +1,8 @@
 """How far a fresh run's figure tables are from the committed ones: the reproducibility check.
 
-Why: the embedded wavs are bit-reproducible (the dataset id says so), but a victim or defense
-retrained from an empty store is another network of the same configuration (the thread count
-changes float summation order; see the README's *Studies, Dask and the store*). This script
+Why: a run from an empty store on another host synthesises other embedded wavs of the same plan
+(another dataset id: see the README's *The embedded dataset*) and retrains every network, and even
+on the same wavs the thread count changes float summation order. This script
 says how much that moves the published numbers, and whether any conclusion flips: for every
 ``<name>.csv`` present in both folders it joins the rows on their settings columns and
 reports, per numeric result column, the median and largest absolute difference; for the tables that
@@ -25,9 +25,8 @@ import pandas as pd
 ASR_BAR, ACC_DROP_BAR = 0.20, 0.03
 
 
-#: the columns that name a row in the collection's figure tables (the settings, never a result:
-#: a unit's class or a pruned count is an outcome that may differ between the runs)
-#: (not ``dataset``: a fresh synthesis on another host has another id, and the point is to compare across it)
+#: the columns that name a row in the collection's figure tables: settings, never a result (a unit's
+#: class or a pruned count may differ between the runs), and not ``dataset`` (the runs' ids differ)
 KEYS = ("profile", "model", "model_kind", "attack", "defense", "label", "method", "ablation", "value",
         "mode", "alpha", "r", "norm", "poison_rate", "target", "sample_rate", "stage", "layer", "unit", "seed",
         "victim_seed", "n_clean", "lr", "gnft.mode", "step", "snr_db", "k", "round", "pool_clip", "metric")
@@ -39,7 +38,7 @@ def key_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def compare(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
-    """Rows joined on the shared key columns; per float column the median / max absolute difference.
+    """Rows joined on the shared key columns; per numeric result column the median / max absolute difference.
 
     Returns (per-column summary, joined rows, rows only in base, rows only in other)."""
     keys = [c for c in key_columns(base) if c in other.columns]
