@@ -1,7 +1,7 @@
 """How far a fresh run's figure tables are from the committed ones: the reproducibility check.
 
-Why: a run from an empty store on another host synthesises other embedded wavs of the same plan
-(another dataset id: see the README's *The embedded dataset*) and retrains every network, and even
+Why: a run from an empty store synthesises other embedded wavs of the same plan than the committed
+results used (another dataset id: see the README's *The embedded dataset*) and retrains every network, and even
 on the same wavs the thread count changes float summation order. This script
 says how much that moves the published numbers, and whether any conclusion flips: for every
 ``<name>.csv`` present in both folders it joins the rows on their settings columns and

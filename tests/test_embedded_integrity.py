@@ -231,3 +231,33 @@ def test_a_second_process_waits_for_the_first_synthesis(tiny_set, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "clips 40" in out, out
     assert list(pd.read_csv(root / synth.MANIFEST).sha256) == list(tiny_set[1].sha256)
+
+
+@pytest.mark.skipif(not __import__("torch").backends.mkl.is_available(), reason="torch without MKL: no MKL path to vary")
+def test_synthesis_does_not_depend_on_mkls_instruction_set(tiny_set, tmp_path, monkeypatch):
+    """MKL picks its kernels by CPU; with float32 resampling 30-40 % of the wavs changed when
+    MKL was held to SSE4.2, so the set's id depended on the machine (README, synthesis)."""
+    _, manifest = tiny_set
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")  # read by MKL when the child process loads it
+    code = """
+        import sys
+        from bdlib.data import synth
+        synth.ensure_embedded_dataset(sys.argv[1], 2, 1, 1, seed=5, progress=False, workers=1)
+    """
+    rc, out = _run_script(code, tmp_path / "set")
+    assert rc == 0, out
+    there = pd.read_csv(tmp_path / "set" / synth.MANIFEST)
+    changed = there.loc[there["sha256"] != manifest["sha256"], "path"].tolist()
+    assert not changed, f"{len(changed)} of {len(manifest)} wavs differ under MKL's SSE4.2 path: {changed[:5]}"
+
+
+def test_a_set_made_before_cpu_independent_resampling_is_used_with_a_warning(tiny_copy):
+    root, manifest = tiny_copy
+    info_path = root / synth.SYNTHESIS_INFO
+    info = __import__("json").loads(info_path.read_text())
+    assert info["resampling"] == synth.RESAMPLING
+    del info["resampling"]
+    info_path.write_text(__import__("json").dumps(info))
+    with pytest.warns(UserWarning, match="resampled in float32"):
+        again = synth.ensure_embedded_dataset(root, *SIZES, seed=SEED, progress=False)
+    pd.testing.assert_frame_equal(again, manifest)

@@ -94,7 +94,7 @@ class VSVC(Attack):
             self.voice = (c.f0_ratio, c.warp)
             return {"voice": torch.tensor(self.voice), "scores": torch.zeros(0)}
         speakers, _ = voiceprints(ctx.extractor(ctx.train.waves), ctx.train.speakers)
-        mu, sd = speakers.mean(0), speakers.std(0) + 1e-6
+        sd = speakers.std(0) + 1e-6  # per-dimension scale of the distance (the mean cancels in speakers - vp)
         rng = np.random.default_rng(self.seed)
         probe = ctx.aux.waves[rng.choice(len(ctx.aux), min(c.n_probe, len(ctx.aux)), replace=False)]
         scores = []

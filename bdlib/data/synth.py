@@ -9,7 +9,10 @@ train/validation/test split so test accuracy measures generalisation to unseen v
 Reproducibility: the plan (who says what, gains, onsets, noise seeds) is a pure function
 of (sizes, seed), and each clip is synthesised by a freshly loaded, seeded eSpeak engine
 (:mod:`bdlib.data.espeak`), so a re-synthesis on the same eSpeak build and platform gives
-bit-identical wavs. Whatever was synthesised is what is used: every load verifies the wavs
+bit-identical wavs. The one CPU-dependent step was the resampling to 16 kHz (MKL picks its
+kernel by CPU); :func:`bdlib.audio.resample_np` now computes it in float64, so MKL's
+SSE4.2, AVX2 and AVX-512 paths give the same wavs (sets made before say so when loaded,
+:data:`RESAMPLING` in ``synthesis.json``). Whatever was synthesised is what is used: every load verifies the wavs
 against the manifest's sha256 column, and the dataset's id carries a hash of that column
 (:func:`content_hash`), so results name the exact data they came from.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,8 @@ CLIP_SAMPLES = 16_000
 MANIFEST = "manifest.csv"
 PARTIAL = "manifest.partial.csv"  # the plan, present only while a synthesis is unfinished
 SYNTHESIS_INFO = "synthesis.json"
+# recorded in SYNTHESIS_INFO: resample_np computes in float64, so the wavs do not depend on the CPU's MKL kernel
+RESAMPLING = "float64"
 SPLITS = ("train", "val", "test")
 # below this many clips, synthesise in this process (starting workers costs ~0.3 s each)
 MIN_CLIPS_FOR_WORKERS = 200
@@ -214,7 +220,7 @@ def synthesize_dataset(root: str | os.PathLike, plan: pd.DataFrame, workers: int
         manifest = plan.copy()
         manifest["sha256"] = [sha256_file(root / p) for p in manifest["path"]]
         info = {"engine": espeak_version(), "method": "fresh eSpeak engine per clip, seeded with the clip's noise_seed",
-                "bit_reproducible": espeak.REPRODUCIBLE, "clips": len(manifest),
+                "bit_reproducible": espeak.REPRODUCIBLE, "resampling": RESAMPLING, "clips": len(manifest),
                 "content_sha256": content_hash(manifest)}
         (root / SYNTHESIS_INFO).write_text(json.dumps(info, indent=1) + "\n")
         _write_csv_atomically(manifest, root / MANIFEST)
@@ -270,6 +276,19 @@ def _integrity_error(root: Path, manifest: pd.DataFrame, problems: list[str], re
         + _rebuild_text(root, rebuild_command))
 
 
+def _warn_if_cpu_specific(root: Path) -> None:
+    """Say so when a set predates CPU-independent resampling: it is still valid (its id names
+    its wavs), but another machine synthesises other wavs for the same plan."""
+    try:
+        info = json.loads((root / SYNTHESIS_INFO).read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("resampling") != RESAMPLING:
+        warnings.warn(f"the embedded set {root} was synthesised by an older bdlib that resampled in float32, so its "
+                      f"wavs (and its id) depend on the CPU that made them; it is used as it is. To get the wavs every "
+                      f"CPU makes, delete the folder and load the set again (it gets a new id).", stacklevel=3)
+
+
 def ensure_embedded_dataset(root: str | os.PathLike, n_train: int, n_val: int, n_test: int, seed: int,
                             takes_per_word: int = 1, verify: bool = True, progress: bool = True,
                             workers: int | None = None, rebuild_command: str | None = None) -> pd.DataFrame:
@@ -306,6 +325,7 @@ def ensure_embedded_dataset(root: str | os.PathLike, n_train: int, n_val: int, n
                 if problems:
                     raise _integrity_error(root, manifest, problems, rebuild_command)
             ppath.unlink(missing_ok=True)  # left by a run killed between writing the manifest and removing it
+            _warn_if_cpu_specific(root)
             return manifest
         if ppath.exists():
             try:
