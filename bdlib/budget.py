@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import keys
+from .bars import keeps_acc
 from .defenses import CleanData, make_defense
 from .fingerprint import code_fingerprint
 from .registry import Checked, check_choice, knob
@@ -202,7 +203,7 @@ def budget_answer(table: pd.DataFrame, asr_bar: float = 0.20, acc_drop_bar: floa
       with at least 3 seeds (fewer cannot support a claim).
     """
     s = budget_summary(table)
-    ok = s[(s.asr_mean < asr_bar) & (s.acc_drop_mean <= acc_drop_bar) & (s.step > 0)]
+    ok = s[(s.asr_mean < asr_bar) & keeps_acc(s.acc_drop_mean, acc_drop_bar) & (s.step > 0)]
     keys_ = [c for c in ("attack", "model", "n_clean", "lr", "step", "seed", "victim_seed") if c in table]
     keys_ += [c for c in table.columns if c.startswith("gnft.")]
     wide = table.pivot_table(index=keys_, columns="method", values="asr", aggfunc="first")

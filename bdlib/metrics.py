@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .bars import keeps_acc
 from .training import predict
 
 
@@ -65,4 +66,4 @@ BAR_MIN_ASR, BAR_MAX_ACC_DROP = 0.9, 0.03
 
 def meets_bar(asr: float, acc_drop: float) -> bool:
     """Whether a victim's ASR and its ACC drop against the clean model meet the bar."""
-    return bool(asr >= BAR_MIN_ASR and acc_drop <= BAR_MAX_ACC_DROP)
+    return bool(asr >= BAR_MIN_ASR and keeps_acc(acc_drop, BAR_MAX_ACC_DROP))

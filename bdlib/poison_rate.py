@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .bars import keeps_acc
 from .profiles import Profile, get_profile
-from .tables import keeps_acc
 from .study import NOT_APPLICABLE, NOTEBOOK_DEFENSES, Study, matched_ft_knobs, mean_sd
 
 #: the issue's rates: 0.5 % to 10 % (10 %: the profile's, the GN-FT paper's)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .bars import keeps_acc
 from .study import NOT_APPLICABLE, OK, DuplicateCellsError, mean_sd
 
 #: the row that holds the undefended victims (``acc_before`` / ``asr_before`` per seed)
@@ -42,15 +43,6 @@ METRICS: dict[str, tuple[str, str]] = {
 #: column but ``seed`` describes the run and must be constant within a cell
 MEASURED = frozenset({"acc_before", "asr_before", "ra_before", "acc_after", "asr_after", "ra_after", "der", "time_s",
                       "peak_rss_mb", "torch_threads", "device"})
-
-#: float slack when judging "ACC within N points": a drop of exactly N points passes
-ACC_SLACK = 1e-9
-
-
-def keeps_acc(acc_drop, points: float):
-    """Whether an ACC drop (a float or a Series) is within ``points``, to :data:`ACC_SLACK`."""
-    return acc_drop <= points + ACC_SLACK
-
 
 _DEFENSE_COLUMNS = ("defense", "label", "clean_fraction", "status", "reason")
 

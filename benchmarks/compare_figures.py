@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bdlib.bars import keeps_acc
+
 ASR_BAR, ACC_DROP_BAR = 0.20, 0.03
 
 
@@ -59,7 +61,7 @@ def compare(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
 def removals(joined: pd.DataFrame, side: str) -> pd.DataFrame:
     """The joined rows that meet the removal bar in run ``side`` ("base" or "other")."""
     asr, before, after = (joined[f"{c}_{side}"] for c in ("asr_after", "acc_before", "acc_after"))
-    return joined[(asr < ASR_BAR) & (before - after <= ACC_DROP_BAR)]
+    return joined[(asr < ASR_BAR) & keeps_acc(before - after, ACC_DROP_BAR)]
 
 
 def main() -> None:

@@ -47,6 +47,17 @@ def test_meets_bar_is_the_issue_threshold():
     assert not meets_bar(0.89, 0.0) and not meets_bar(1.0, 0.031)
 
 
+def test_a_drop_of_exactly_three_points_meets_the_bar_despite_float_error():
+    """The committed Blended victim (stop 29): 569 and 551 of 600 correct, a 3.0-point drop that
+    float subtraction puts at 0.030000000000000027, was marked as missing the bar."""
+    from bdlib.metrics import meets_bar
+
+    drop = 569 / 600 - 551 / 600
+    assert drop > 0.03  # the float error this guards against
+    assert meets_bar(0.998, drop)
+    assert not meets_bar(0.998, 570 / 600 - 551 / 600)  # 3.17 points
+
+
 def test_predict_proba_agrees_with_predict_and_restores_mode():
     from bdlib.models import build_model
     from bdlib.training import predict, predict_proba
