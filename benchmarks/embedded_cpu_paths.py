@@ -9,14 +9,12 @@ back to the float32 resampling used before stop 30, to show what the float64 one
 
     python benchmarks/embedded_cpu_paths.py [--size default|smoke] [--resampling float64 float32]
 
-Nothing is written outside a temporary folder; about 15 s a setting for the default set on
+Each setting synthesises into a temporary folder, removed after; about 15 s a setting for the default set on
 one core. The settings only reach what this CPU supports (a path above it falls back).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import subprocess
@@ -38,14 +36,13 @@ SIZES = {"default": (160, 30, 60), "smoke": (32, 10, 16)}
 
 
 def child(size: str, resampling: str) -> None:
-    """Synthesise every clip of the plan in memory, as the synthesis writes them; print the wavs' sha256s."""
+    """Synthesise the set with the collection's own code into a temporary folder; print its wavs' sha256s."""
+    import tempfile
+
     import numpy as np
-    import pandas as pd
-    import soundfile as sf
     import torch
 
     from bdlib.data import synth
-    from bdlib.data.espeak import synth_rows
 
     torch.set_num_threads(int(os.environ.get("BDLIB_PROBE_THREADS", "1")))
     if resampling == "float32":
@@ -53,18 +50,10 @@ def child(size: str, resampling: str) -> None:
 
         def resample32(wav, orig_sr, new_sr):
             return AF.resample(torch.as_tensor(np.asarray(wav, dtype=np.float32)), orig_sr, new_sr).numpy()
-        synth.resample_np = resample32
-    plan = synth.plan_dataset(*SIZES[size], seed=0)
-    rows = plan.to_dict("records")
-    shas = []
-    for i in range(0, len(rows), 100):
-        chunk = rows[i:i + 100]
-        for row, (raw, sr) in zip(chunk, synth_rows(chunk)):
-            buf = io.BytesIO()  # the bytes write_wav writes
-            sf.write(buf, np.clip(synth.render_clip(raw, sr, pd.Series(row)), -1.0, 1.0), synth.SAMPLE_RATE,
-                     subtype="PCM_16", format="WAV")
-            shas.append(hashlib.sha256(buf.getvalue()).hexdigest())
-    print(json.dumps(shas))
+        synth.resample_np = resample32  # render_clip, in this process (workers=1), looks it up here
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = synth.ensure_embedded_dataset(tmp, *SIZES[size], seed=0, progress=False, workers=1)
+    print(json.dumps(manifest["sha256"].tolist()))
 
 
 def main() -> None:
