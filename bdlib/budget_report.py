@@ -5,10 +5,11 @@ Why a module of its own: :mod:`bdlib.budget`'s source is fingerprinted into ever
 key, so a change to how results are *shown* there would recompute hours of curves. This module only
 reads tables (:func:`bdlib.budget.budget_table`'s, or a committed ``figures/<name>.csv``).
 
-Why the committed slices are read back (notebooks 41 and 44): their full slices take ≈ 11 and
-≈ 8 CPU-hours on the 2-core machine, too long for a default ``make reproduce``. A plain run computes
-a small default grid; the full slices' curves are committed as CSV (the figure is drawn from it)
-and the notebooks summarise that file, so the prose about the full slice sits beside its numbers.
+Why the committed slices are read back (notebooks 41, 44 and 45): their full slices take ≈ 11, ≈ 8
+and ≈ 2.8 (per attack) CPU-hours on the 2-core machine, too long for a default ``make reproduce``.
+A plain run of 41 or 44 computes a small default grid (45 computes nothing on the default profile);
+the full slices' curves are committed as CSV (the figure is drawn from it) and the notebooks summarise
+that file, so the prose about the full slice sits beside its numbers.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def committed(name: str, folder: Path | None = None) -> pd.DataFrame:
     path = (folder or REPO_ROOT / "figures") / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no committed curves named {name!r} (the repository's figures/ holds them; "
-                                f"a notebook run with grid='full' on the default profile writes them)")
+                                f"its notebook writes them on the default profile with its recomputing grid: "
+                                f"grid='full' in notebooks 41 and 44, grid='long' in notebook 45)")
     return read_table(path)
 
 

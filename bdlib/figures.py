@@ -12,7 +12,7 @@ cannot redraw: figures of audio (waveforms, spectrograms, MFCC maps), and tables
 here yet.
 
 One registry line per figure name (``FIGURES``); several names may share a drawer (every
-defense notebook's ASR bars). Files land where :func:`bdlib.plots.figure_path` puts them:
+defense notebook's ASR bars). Files land where :func:`bdlib.paths.figure_path` puts them:
 ``figures/`` only for the default profile on the embedded data.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Callable
 
 import pandas as pd
 
+from .paths import REPO_ROOT, figure_path
 from .registry import Registry
 
 
@@ -81,17 +82,13 @@ def _save(fig, folder: Path, name: str, formats: tuple[str, ...] = FORMATS) -> l
 
 
 def _shown(path: Path) -> str:
-    from .paths import REPO_ROOT
-
     return str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
 
 
 def publish(name: str, frame: pd.DataFrame, profile: str, dataset: str = "embedded"):
     """Write ``frame`` as ``<name>.csv``, draw figure ``name`` from the CSV read back, save it
-    as ``<name>.png`` and ``<name>.pdf`` in the folder :func:`bdlib.plots.figure_path` picks,
+    as ``<name>.png`` and ``<name>.pdf`` in the folder :func:`bdlib.paths.figure_path` picks,
     say where, and return the figure (left open, so a notebook shows it)."""
-    from .plots import figure_path
-
     FIGURES.get(name).select(frame, name)  # a wrong name or a missing column fails before anything is written
     folder = figure_path(name, profile, dataset).parent
     csv = folder / f"{name}.csv"
@@ -398,6 +395,9 @@ FIGURES.add(published_name("44_budget_lr", "default"), _budget_drawer(
 FIGURES.add(published_name("44_budget_lr", "full"), _budget_drawer(
     "notebook 44, grid='full': Blended and JingleBack over the learning rate (960 clips, to 300 steps), at 320 "
     "clips (lr 1e-2, to 300 steps) and to 1 200 steps (80 clips)"))
+FIGURES.add("45_budget_long", _budget_drawer(
+    "notebook 45, grid='long': FT at GN-FT's optimiser and GN-FT at the authors' 960 clips and 1 200 steps, lr 1e-2"))
+FIGURES.add("45_budget_long_smoke", _budget_drawer("notebook 45 on the smoke profile: the machinery on a tiny grid"))
 FIGURES.add("90_defense_grid", Drawer(
     defense_grid, ("defense", "attack", "asr_before", "acc_before", "asr_after", "acc_after", "der"), optional=("model",),
     about="notebook 90: ASR, ACC and DER after every defense against every attack"))

@@ -8,28 +8,15 @@ bdlib figures`` can redraw them); the audio figures here are saved as pictures o
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .paths import REPO_ROOT, data_root
+from .paths import REPO_ROOT, figure_path
 
 if TYPE_CHECKING:  # a tensor is drawn through numpy: no torch import for the figures
     import torch
-
-
-def figure_path(name: str, profile: str, dataset: str = "embedded") -> Path:
-    """``figures/<name>.png`` for the committed runs (default profile, embedded data), else
-    ``<data root>/figures/<profile>[-<dataset>]/<name>.png``: a run on other data or another
-    budget never overwrites the committed figures."""
-    if profile == "default" and dataset == "embedded":
-        folder = REPO_ROOT / "figures"
-    else:
-        folder = data_root() / "figures" / (profile if dataset == "embedded" else f"{profile}-{dataset}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}.png"
 
 
 def save_figure(fig, name: str, profile: str, dataset: str = "embedded") -> None:

@@ -135,16 +135,16 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
         try:
             with warnings.catch_warnings():  # papermill warns that *.partial is not *.ipynb
                 warnings.filterwarnings("ignore", message=r"The specified file .* does not end in")
-                pm.execute_notebook(str(nb), str(partial), parameters=parameters, kernel_name=kernel,
+                pm.execute_notebook(str(_source(nb, partial)), str(partial), parameters=parameters, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, log_output=log_output)
         except PapermillExecutionError:
-            _finish(partial, out)
+            _finish(partial, out, nb)
             raise
         except KeyboardInterrupt:
             print(f"\nINTERRUPTED: {nb.name}; {out} was left as it was"
                   + (f", the incomplete notebook is at {partial}" if partial.exists() else ""), file=sys.stderr)
             raise
-        _finish(partial, out)
+        _finish(partial, out, nb)
         return out, time.perf_counter() - t0
 
     def failed(nb: Path, exc: PapermillExecutionError) -> int:
@@ -203,9 +203,31 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _finish(partial: Path, out: Path) -> None:
+def _source(nb_path: Path, partial: Path) -> Path:
+    """The notebook papermill reads: ``nb_path`` itself, or a copy at ``partial`` without the
+    ``injected-parameters`` cell an earlier run with parameters left in it (a default-profile
+    run writes in place). Papermill replaces that cell only when it is given parameters, so
+    without this a plain run would silently keep the earlier run's values: ``-p grid=long``
+    once, and every later ``make reproduce`` recomputes hours of curves (and nbval, which runs
+    the committed cells as they are, would run them under the smoke profile)."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    keep = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    meta = nb.metadata.get("papermill", {})
+    if len(keep) == len(nb.cells) and not meta.get("parameters"):
+        return nb_path
+    nb.cells = keep
+    if meta:
+        meta["parameters"] = {}  # the record of the earlier run's values goes with its cell
+    nbformat.write(nb, partial)
+    return partial
+
+
+def _finish(partial: Path, out: Path, source: Path | None = None) -> None:
     """Tidy the finished notebook at ``partial`` and rename it onto ``out`` (atomic on one
-    file system), recording ``out`` as papermill's output path."""
+    file system), recording ``out`` as papermill's output path (and ``source`` as its input:
+    not the stripped copy :func:`_source` may have made)."""
     if not partial.exists():  # papermill failed before writing it: keep its own error in view
         return
     import nbformat
@@ -213,9 +235,11 @@ def _finish(partial: Path, out: Path) -> None:
     nb = nbformat.read(partial, as_version=4)
     changed = collapse_streams(nb)  # as _tidy does
     meta = nb.metadata.get("papermill")
-    if meta is not None and meta.get("output_path") != str(out):
-        meta["output_path"] = str(out)
-        changed = True
+    paths = {"output_path": str(out), **({"input_path": str(source)} if source is not None else {})}
+    for key, value in paths.items():
+        if meta is not None and meta.get(key) != value:
+            meta[key] = value
+            changed = True
     if changed:
         nbformat.write(nb, partial)
     os.replace(partial, out)

@@ -56,7 +56,7 @@ def test_committed_curves_are_read_back_and_a_missing_name_says_where(tmp_path):
 
 
 def test_the_repository_commits_the_full_slices_the_notebooks_read():
-    for name in ("41_budget_curves_full", "44_budget_lr_full"):
+    for name in ("41_budget_curves_full", "44_budget_lr_full", "45_budget_long"):
         t = budget_report.committed(name)
         assert t.groupby(["attack", "method", "n_clean", "lr"]).seed.nunique().min() >= 3, name
 
@@ -71,3 +71,5 @@ def test_every_grid_the_budget_notebooks_publish_has_a_drawer():
         assert figures.published_name("41_budget_curves", grid) in figures.FIGURES, grid
     for grid in ("smoke", "default", "full"):  # notebook 44's
         assert figures.published_name("44_budget_lr", grid) in figures.FIGURES, grid
+    for name in ("45_budget_long", "45_budget_long_smoke"):  # notebook 45's: grid "long", and "smoke" under another name
+        assert name in figures.FIGURES, name

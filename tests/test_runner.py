@@ -33,3 +33,51 @@ def test_tidy_leaves_a_missing_output_alone(tmp_path):
 
     runner._tidy(tmp_path / "never_written.ipynb")
     assert not (tmp_path / "never_written.ipynb").exists()
+
+
+def _probe_with_injected_cell(path):
+    """A notebook as an in-place run with ``-p x=2`` leaves it: its parameters cell, then
+    papermill's injected cell, then a cell that prints ``x``; the run recorded in its metadata."""
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("# Parameters\nx = 2\n", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print('x is', x)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                  "papermill": {"parameters": {"x": 2}}}), path)
+
+
+def test_a_plain_run_drops_the_parameters_an_earlier_run_injected(tmp_path, monkeypatch):
+    """Papermill replaces an injected cell only when it is given parameters: without the runner
+    stripping it, a plain run after ``-p x=2`` still ran with x = 2 (and ``-p grid=long`` once
+    pinned notebook 45 to hours of curves for every later run)."""
+    from bdlib import runner
+
+    src = tmp_path / "00_probe.ipynb"
+    monkeypatch.setattr(runner, "notebooks", lambda only=None: [src])
+    monkeypatch.setenv("BDLIB_PROFILE", "smoke")
+
+    def printed(**kw):
+        _probe_with_injected_cell(src)
+        assert runner.run_all("smoke", output_dir=tmp_path / "out", **kw) == 0
+        nb = nbformat.read(tmp_path / "out" / src.name, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        return "".join(o.text for o in nb.cells[-1].outputs if o.get("name") == "stdout").strip(), len(injected), nb
+
+    text, injected, nb = printed()
+    assert (text, injected) == ("x is 1", 0)
+    assert nb.metadata.papermill["input_path"] == str(src)  # not the stripped copy it ran from
+    assert nb.metadata.papermill["parameters"] == {}
+    assert "x = 2" in src.read_text()  # the source notebook is left as it was
+    assert not list((tmp_path / "out").glob("*.partial"))
+    assert printed(parameters={"x": 3})[:2] == ("x is 3", 1)  # parameters given: injected as usual
+
+
+def test_no_committed_notebook_carries_injected_parameters():
+    """nbval runs the committed cells as they are: an injected cell left by a ``-p`` run would
+    pin its values (e.g. notebook 45's ``grid="long"``) under the smoke profile in CI."""
+    from bdlib.runner import NOTEBOOK_DIR
+
+    pinned = [p.name for p in sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+              if any("injected-parameters" in c.metadata.get("tags", [])
+                     for c in nbformat.read(p, as_version=4).cells)]
+    assert pinned == []
