@@ -6,7 +6,7 @@ key, so a change to how results are *shown* there would recompute hours of curve
 reads tables (:func:`bdlib.budget.budget_table`'s, or a committed ``figures/<name>.csv``).
 
 Why the committed slices are read back (notebooks 41, 44 and 45): their full slices take ≈ 11, ≈ 8
-and ≈ 2.8 (per attack) CPU-hours on the 2-core machine, too long for a default ``make reproduce``.
+and ≈ 2.6 (per attack) CPU-hours on the 2-core machine, too long for a default ``make reproduce``.
 A plain run of 41 or 44 computes a small default grid (45 computes nothing on the default profile);
 the full slices' curves are committed as CSV (the figure is drawn from it) and the notebooks summarise
 that file, so the prose about the full slice sits beside its numbers.
