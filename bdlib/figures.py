@@ -203,7 +203,9 @@ def _same_per(frame: pd.DataFrame, by: str, columns: list[str], name: str) -> pd
 def observation_gradients(frame: pd.DataFrame):
     """Per-unit clean-loss gradient norm by unit class (box plots, log scale): rows attacks
     (``<model> / <attack>`` when the table holds several models), columns layers, hue the
-    stage. Units with a zero gradient are left off the log axis."""
+    stage; the units of every victim seed in the table are pooled in one box (notebook 31
+    observes seeds 0-2; :func:`observation_ordering` shows the check per seed). Units with a
+    zero gradient are left off the log axis."""
     import seaborn as sns
 
     frame = _by_victim(frame)
@@ -216,6 +218,69 @@ def observation_gradients(frame: pd.DataFrame):
     g.set_titles(row_template="{row_name}", col_template="{col_name}")
     g.tick_params(axis="x", rotation=30)
     return g.figure
+
+
+#: how one (attack, stage, layer, seed) group of the ordering check reads, strongest first
+ORDERING_VERDICTS = ("backdoor > hybrid > clean", "backdoor > clean only", "backdoor ≤ clean", "untestable")
+
+
+def _as_boolean(values: pd.Series) -> pd.Series:
+    """A True/False/missing column as read back from a CSV (bools, "True"/"False" strings or NaN)."""
+    return values.map({True: True, False: False, "True": True, "False": False}).astype("boolean")
+
+
+def ordering_verdicts(frame: pd.DataFrame) -> pd.Series:
+    """Each row's verdict (:data:`ORDERING_VERDICTS`) from its ``holds`` and ``backdoor_gt_clean``
+    (bdlib.observation.ordering_check): the full ordering where it holds; else the weak one where it
+    holds (also when the full one cannot be tested: no hybrid unit); else "backdoor ≤ clean"; and
+    "untestable" where the layer has no backdoor or no clean unit."""
+    full, weak = _as_boolean(frame["holds"]), _as_boolean(frame["backdoor_gt_clean"])
+    verdict = pd.Series(ORDERING_VERDICTS[3], index=frame.index)
+    verdict[weak.eq(False).fillna(False)] = ORDERING_VERDICTS[2]
+    verdict[weak.eq(True).fillna(False)] = ORDERING_VERDICTS[1]
+    verdict[full.eq(True).fillna(False)] = ORDERING_VERDICTS[0]
+    return verdict
+
+
+def observation_ordering(frame: pd.DataFrame):
+    """Sec. 3.1's ordering checked per victim: one panel per labelling (columns) and stage (rows),
+    a cell per attack × layer (y) and seed (x), coloured by :func:`ordering_verdicts`. Rows that
+    share a (labelling[, model], attack, stage, layer, seed) are refused."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    name = "observation ordering"  # notebook 31
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["labelling", "attack", "stage", "layer", "seed"], name)
+    frame = frame.assign(verdict=ordering_verdicts(frame).map({v: i for i, v in enumerate(ORDERING_VERDICTS)}))
+    labellings, stages = _in_order(frame.labelling), _in_order(frame.stage, STAGES)
+    rows = list(frame[["attack", "layer"]].drop_duplicates().itertuples(index=False, name=None))
+    seeds = sorted(frame.seed.unique())
+    colours = ListedColormap(["#1a9850", "#a6d96a", "#d73027", "#d9d9d9"])
+    fig, axes = plt.subplots(len(stages), len(labellings), squeeze=False, sharex=True, sharey=True,
+                             figsize=(1.2 + 0.45 * len(seeds) * len(labellings) + 1.6 * len(labellings),
+                                      0.9 + 0.22 * len(rows) * len(stages)))
+    for i, stage in enumerate(stages):
+        for j, lab in enumerate(labellings):
+            part = frame[(frame.stage == stage) & (frame.labelling == lab)].set_index(["attack", "layer", "seed"])
+            grid = np.full((len(rows), len(seeds)), 3.0)
+            for r, (attack, layer) in enumerate(rows):
+                for c, seed in enumerate(seeds):
+                    if (attack, layer, seed) in part.index:
+                        grid[r, c] = part.loc[(attack, layer, seed), "verdict"]
+            ax = axes[i][j]
+            ax.imshow(grid, cmap=colours, vmin=-0.5, vmax=3.5, aspect="auto")
+            ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+            ax.set_yticks(range(len(rows)), [f"{a} / {l}" for a, l in rows], fontsize=7)
+            ax.set_title(f"{stage}, {lab}", fontsize=8)
+            if i == len(stages) - 1:
+                ax.set_xlabel("seed")
+    fig.legend(handles=[Patch(color=colours(k), label=v) for k, v in enumerate(ORDERING_VERDICTS)],
+               loc="lower center", ncol=len(ORDERING_VERDICTS), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
 
 
 def budget_curves(frame: pd.DataFrame):
@@ -369,6 +434,10 @@ FIGURES.add("15_flowmur_control", Drawer(
 FIGURES.add("31_observation_gradients", Drawer(
     observation_gradients, ("attack", "stage", "layer", "class", "grad_norm"), optional=("model",),
     about="notebook 31: clean-loss gradient norm per unit by class, layer, attack and stage"))
+FIGURES.add("31_observation_ordering", Drawer(
+    observation_ordering, ("labelling", "attack", "stage", "layer", "seed", "holds", "backdoor_gt_clean"),
+    optional=("model",),
+    about="notebook 31: whether backdoor > hybrid > clean (and backdoor > clean) holds, per victim seed and layer"))
 BUDGET_CURVE_COLUMNS = ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc")
 PLAIN_GRIDS = ("default", "smoke")
 

@@ -386,3 +386,26 @@ def ordering_summary(check: pd.DataFrame) -> str:
     return (f"backdoor > hybrid > clean (median gradient norm) holds in {int(full.sum())} of {len(full)} groups "
             f"where all three classes have units ({untestable} of {len(check)} groups lack a class); "
             f"backdoor > clean holds in {int(weak.sum())} of {len(weak)}.")
+
+
+def ordering_over_seeds(check: pd.DataFrame, by: Sequence[str] = ("attack", "stage", "layer")) -> pd.DataFrame:
+    """Per group of ``by``, across the seeds of an :func:`ordering_check` made per seed
+    (``by`` plus ``"seed"``): how many seeds there are, in how many each ordering could be
+    tested (its classes all had units), and in how many it held.
+
+    Why across seeds: one victim's counts move with its training. Notebook 31's seeds 0, 1
+    and 2 gave backdoor > clean in 8 of 9, 5 of 7 and 6 of 8 groups under the activation rule,
+    and 7 of 7, 2 of 6 and 5 of 6 under the authors' loss-change labelling, so a claim about
+    the ordering is read per group over several victims, not from one."""
+    missing = [c for c in (*by, "seed", "holds", "backdoor_gt_clean") if c not in check.columns]
+    if missing:
+        raise ValueError(f"check has no column(s) {', '.join(missing)} (make it with ordering_check(..., "
+                         f"by=(..., 'seed', ...))); columns: {', '.join(check.columns)}")
+    if check.duplicated([*by, "seed"]).any():
+        raise ValueError(f"check has several rows for one ({', '.join(by)}, seed): group it by more columns")
+    g = check.groupby(list(by), sort=False, observed=True)
+    out = pd.DataFrame({
+        "seeds": g["seed"].nunique(),
+        "full_tested": g["holds"].count(), "full_held": g["holds"].sum(),
+        "weak_tested": g["backdoor_gt_clean"].count(), "weak_held": g["backdoor_gt_clean"].sum()})
+    return out.astype(int).reset_index()

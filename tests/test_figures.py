@@ -38,6 +38,14 @@ def _observation() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _observation_ordering() -> pd.DataFrame:  # every verdict once, and a cell left out (seed 1 of conv3)
+    cells = [("victim", "fc1", 0, True, True), ("victim", "fc1", 1, pd.NA, True), ("victim", "conv3", 0, False, False),
+             ("after FT", "fc1", 0, pd.NA, pd.NA), ("after FT", "fc1", 1, False, True)]
+    return pd.DataFrame([{"labelling": lab, "model": "smallcnn", "attack": "badnets", "stage": st, "layer": la,
+                          "seed": sd, "holds": h, "backdoor_gt_clean": w}
+                         for lab in ("class", "class_lc") for st, la, sd, h, w in cells])
+
+
 def _budget() -> pd.DataFrame:
     rows = [{"attack": "badnets", "model": "smallcnn", "lr": lr, "n_clean": n, "method": m, "step": st, "seed": sd,
              "asr": 1.0 - 0.01 * st * (sd + 1), "acc": 0.5 + 0.01 * st, "asr_bar": 0.2}
@@ -74,7 +82,8 @@ def _flowmur_control() -> pd.DataFrame:
 
 
 #: a small table with exactly the documented columns, per drawer
-EXAMPLES = {figures.observation_gradients: _observation, figures.budget_curves: _budget,
+EXAMPLES = {figures.observation_gradients: _observation, figures.observation_ordering: _observation_ordering,
+            figures.budget_curves: _budget,
             figures.defense_grid: _defense_grid, figures.model_rows_grid: _model_rows, figures.attack_bars: _attacks,
             figures.asr_before_after: _asr_bars,
             figures.snr_control: _flowmur_control}
@@ -345,3 +354,17 @@ def test_budget_curves_mark_a_setting_run_only_for_another_attack():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert sum("not run" in t for t in texts) == 2  # blended at n = 8 for both learning rates
     assert all("blended" in t and "n=8" in t for t in texts if "not run" in t)
+
+
+def test_ordering_verdicts_read_the_check_back_from_its_csv(tmp_path):
+    """The check's True / False / missing flags survive the CSV (written as True, False and
+    empty) and give each group one verdict, the full ordering first."""
+    frame = _observation_ordering()
+    frame.to_csv(tmp_path / "o.csv", index=False)
+    back = figures.read_table(tmp_path / "o.csv")
+    expected = ["backdoor > hybrid > clean", "backdoor > clean only", "backdoor ≤ clean", "untestable",
+                "backdoor > clean only"] * 2
+    assert list(figures.ordering_verdicts(frame)) == expected
+    assert list(figures.ordering_verdicts(back)) == expected
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("31_observation_ordering", pd.concat([frame] * 2))

@@ -239,3 +239,19 @@ def test_unit_layers_come_from_the_model_and_leave_out_its_classifier():
         if name in ("smallcnn", "largecnn", "resnet"):  # the CNNs have hidden conv/linear units
             assert len(found) >= 3, (name, found)
         assert all(isinstance(net.get_submodule(n), (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)) for n in found)
+
+
+def test_ordering_over_seeds_counts_tested_and_held_seeds_per_group():
+    from bdlib.observation import ordering_over_seeds
+
+    b = pd.array
+    check = pd.DataFrame({"attack": ["a"] * 3 + ["b"] * 3, "stage": "victim", "layer": "fc1", "seed": [0, 1, 2] * 2,
+                          "holds": b([True, pd.NA, False, False, False, True], dtype="boolean"),
+                          "backdoor_gt_clean": b([True, True, False, pd.NA, True, True], dtype="boolean")})
+    out = ordering_over_seeds(check).set_index("attack")
+    assert out.loc["a", ["seeds", "full_tested", "full_held", "weak_tested", "weak_held"]].tolist() == [3, 2, 1, 3, 2]
+    assert out.loc["b", ["seeds", "full_tested", "full_held", "weak_tested", "weak_held"]].tolist() == [3, 3, 1, 2, 2]
+    with pytest.raises(ValueError, match="several rows"):
+        ordering_over_seeds(pd.concat([check, check]))
+    with pytest.raises(ValueError, match="seed"):
+        ordering_over_seeds(check.drop(columns="seed"))
