@@ -215,3 +215,19 @@ def test_jobs_runs_notebooks_side_by_side_and_a_failure_starts_no_more(tmp_path,
     assert sorted(started) == ["10_probe.ipynb", "11_probe.ipynb"], "a notebook started after the failure"
     assert (tmp_path / "out2" / "11_probe.ipynb").exists(), "the running notebook was not let finish"
     assert "FAILED: 10_probe.ipynb" in capsys.readouterr().err
+
+
+def test_no_notebook_judges_an_acc_drop_with_a_bare_float_comparison():
+    """A drop of exactly 3 points (18 of 600 clips) is 0.030000000000000027 as a float, so
+    ``acc_drop <= 0.03`` printed "within 3: False" for the Blended victim while its bar
+    (``bdlib.bars.keeps_acc``) said True. Every notebook must judge drops through keeps_acc."""
+    import json
+    import re
+
+    bare = re.compile(r"acc_drop\s*(\*\s*100\s*)?<=?\s*[0-9.]+")
+    offenders = []
+    for nb in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] == "code" and bare.search("".join(cell["source"])):
+                offenders.append(f"{nb.name} cell {i}")
+    assert not offenders, f"bare ACC-drop comparisons (use bdlib.bars.keeps_acc): {offenders}"
