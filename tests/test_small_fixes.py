@@ -219,8 +219,9 @@ def test_jobs_runs_notebooks_side_by_side_and_a_failure_starts_no_more(tmp_path,
 
 def test_no_notebook_judges_an_acc_drop_with_a_bare_float_comparison():
     """A drop of exactly 3 points (18 of 600 clips) is 0.030000000000000027 as a float, so
-    ``acc_drop <= 0.03`` printed "within 3: False" for the Blended victim while its bar
-    (``bdlib.bars.keeps_acc``) said True. Every notebook must judge drops through keeps_acc."""
+    ``acc_drop <= 0.03`` printed "within 3: False" for such a victim (Blended on the set committed
+    before, PBSM on ``…-7ff44c9f6cf9``: 563 → 545 of 600 clips) while its bar (``bdlib.bars.keeps_acc``)
+    said True. Every notebook must judge drops through keeps_acc."""
     import json
     import re
 
