@@ -8,8 +8,10 @@
     python -m bdlib figures [--folder PATH] [--strict]
     python -m bdlib timings [--run ID | --runs]
 
-``run`` first computes the collection's study (every victim and every defense run of the
-notebooks) on Dask, then executes the notebooks with papermill over the cached results.
+``run`` first computes every notebook's cells (the collection's grid, the model rows, the
+budget curves, the ablations and the main table: :mod:`bdlib.plan`) — on Dask when there is
+more than one worker, else in this process — then executes the notebooks with papermill over
+the cached results; ``--only`` limits both to the matching notebooks.
 ``--models`` (registry names, :data:`bdlib.models.MODELS`; default the profile's) sets the
 architectures of the study and the ``models`` parameter of every notebook; without it the
 study also computes the profile's ``model_rows`` (default: LSTM-attention and ResNet on three
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_device_arg(run)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--only", help="regular expression: run only the notebooks whose file name matches "
-                                    "(skips the study step)")
-    run.add_argument("--no-study", action="store_true", help="skip computing the study first")
+                                    "(and compute only their cells first)")
+    run.add_argument("--no-study", action="store_true", help="skip computing the notebooks' cells first")
     run.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="NAME=VALUE",
                      help="a notebook parameter for every notebook run (each must define it)")
     run.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     tim.add_argument("--run", help="this run's id instead of the latest (see --runs)")
     tim.add_argument("--runs", action="store_true", help="list every recorded run: steps, total seconds, when it ended")
     args = parser.parse_args(argv)
+    if argv is None and args.cmd in ("run", "study"):
+        _restart_with_allocator_settings()
     try:
         import re
 
@@ -153,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from .timings import new_run_id
 
             run_id = new_run_id()
-            if not (args.only or args.no_study):
-                _study(args, seeds=[args.seed], models=parameters.get("models"), run_id=run_id)
             if args.target is not None:
                 parameters["target"] = args.target
+            if not args.no_study:
+                _notebook_cells(args, parameters, run_id)
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
                            parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs,
                            run_id=run_id)
@@ -241,6 +245,41 @@ def _timings(args) -> int:
     print(f"run {table['run'].iloc[0]}: {len(table)} step(s), {table['seconds'].sum():.1f} s in all")
     print(table[cols].to_string(index=False))
     return 0
+
+
+def _restart_with_allocator_settings() -> None:
+    """Start this command again with ``make``'s malloc settings when they are not in the
+    environment (``python -m bdlib run`` typed by hand): glibc reads them once, at process start,
+    and the cells computed here train 1.8–3× faster with them (bdlib/allocator.py). A value
+    already set wins; only Linux (glibc) is restarted."""
+    from .allocator import ALLOCATOR_ENV, with_allocator_env
+
+    if sys.platform.startswith("linux") and not set(ALLOCATOR_ENV) <= set(os.environ):
+        env = with_allocator_env(dict(os.environ))
+        os.execve(sys.executable, [sys.executable, "-m", "bdlib", *sys.argv[1:]], env)
+
+
+def _notebook_cells(args, parameters: dict, run_id: str) -> None:
+    """What ``run`` computes before the notebooks (:func:`bdlib.plan.plan`): the cells of the
+    notebooks it will run, from the parameters they will get; each part's wall time (serially)
+    or the whole (on Dask) is appended to the timings record."""
+    from .plan import compute_plan, plan
+    from .runner import check_parameters, notebooks, run_parameters
+    from .study import forget_experiments
+    from .timings import record
+
+    nbs = notebooks(only=args.only)
+    given = run_parameters(parameters, args.seed, args.dataset, args.dataset_root)  # what the notebooks will get
+    check_parameters(nbs, given)  # a name a notebook does not define fails before anything is computed
+    parts = plan(args.profile, [nb.stem for nb in nbs], given, device=args.device, log=sys.stderr)
+
+    def done(part, seconds: float) -> None:
+        print(f"{part.label}: {len(part)} cells in {seconds:.1f} s", file=sys.stderr)
+        record(f"cells: {part.label}", seconds, run=run_id, profile=args.profile, dataset=args.dataset,
+               seed=args.seed, cells=len(part))
+
+    compute_plan(parts, scheduler=args.scheduler, serial=args.serial, on_part=done)
+    forget_experiments()  # their data and features stay out of memory while the notebooks run
 
 
 def _study(args, seeds: list[int], models=None, run_id: str | None = None) -> None:

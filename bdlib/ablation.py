@@ -168,6 +168,19 @@ def ablation_study(profile, attacks: Sequence[str], seeds: Sequence[int], values
                  defenses=study_defenses(ofat_settings(values, centre)), **study_kwargs)
 
 
+def notebook_study(profile, grid: str | None = None, seed: int = 0, seeds=None, attacks=None, alphas=None, rs=None,
+                   modes=None, norms=None, pruning: bool | None = None, centre: dict | None = None, models=None,
+                   **study_kwargs) -> tuple[dict, Study]:
+    """Notebook 42's sweep from its parameters: the resolved grid (:func:`resolve_grid`) and its
+    study (:func:`ablation_study`). ``models``: ``None`` for the profile's; ``study_kwargs``:
+    dataset, dataset_root, target, device. ``python -m bdlib run`` computes the same study
+    before the notebook (:mod:`bdlib.plan`)."""
+    g = resolve_grid(profile, grid, seed, seeds, attacks, alphas, rs, modes, norms, pruning)
+    if models:
+        study_kwargs["models"] = tuple(models)
+    return g, ablation_study(profile, g["attacks"], g["seeds"], {f: g[f] for f in FACTORS}, centre, **study_kwargs)
+
+
 PRUNE_COLUMNS = ("prune.selected_ratio", "prune.n_pruned", "prune.n_units")
 
 
@@ -391,5 +404,6 @@ def mean_sd_text(summary: pd.DataFrame, metrics: Sequence[str], digits: int = 3)
 
 __all__ = ["ABLATED", "CENTRE", "FACTORS", "GRIDS", "PRUNE_COLUMNS", "Setting", "TITLES", "ablation_rows",
            "ablation_study", "check_one_run_per_seed", "coverage", "exact_vs_approx", "grid_for", "mean_sd_text",
-           "ofat_settings", "pruning_effect", "resolve_grid", "run_ablation", "settings_frame", "study_defenses",
+           "notebook_study", "ofat_settings", "pruning_effect", "resolve_grid", "run_ablation", "settings_frame",
+           "study_defenses",
            "summarise", "vs_centre"]

@@ -87,6 +87,16 @@ def rate_study(profile: str | Profile = "default", rates=None, attacks=None, see
                  rates=tuple(grid["rates"] if rates is None else rates), defenses=study_defenses(), **study_kwargs)
 
 
+def notebook_study(profile: str | Profile = "default", seed: int = 0, seeds=None, rates=None, attacks=None,
+                   models=None, **study_kwargs) -> Study:
+    """Notebook 43's :func:`rate_study` from its parameters; ``models``: ``None`` for the
+    profile's. ``study_kwargs``: dataset, dataset_root, target, device. ``python -m bdlib run``
+    computes the same study before the notebook (:mod:`bdlib.plan`)."""
+    if models:
+        study_kwargs["models"] = tuple(models)
+    return rate_study(profile, rates=rates, attacks=attacks, seeds=seeds, seed=seed, **study_kwargs)
+
+
 def _method(table: pd.DataFrame) -> pd.Series:
     """Each row's method name, by its defense and knob columns (``defense.<knob>``)."""
     out = pd.Series(pd.NA, index=table.index, dtype=object)
@@ -184,4 +194,5 @@ def poisoned_counts(study: Study) -> pd.DataFrame:
 
 
 __all__ = ["FT_BACKDOORBENCH", "FT_MATCHED", "GNFT_APPROX", "GRIDS", "NO_DEFENSE", "RATES", "grid_for", "methods",
+           "notebook_study",
            "poisoned_counts", "rate_bar", "rate_frame", "rate_rows", "rate_study", "rate_summary", "study_defenses"]

@@ -62,6 +62,22 @@ def check_parameters(nbs: list[Path], parameters: dict) -> None:
                                  f"its parameters: {', '.join(valid)}")
 
 
+def run_parameters(parameters: dict | None, seed: int = 0, dataset: str = "embedded",
+                   dataset_root: str | os.PathLike | None = None) -> dict:
+    """The parameters every notebook of a run gets: ``parameters`` (``-p``), with a non-zero
+    ``seed`` and a data source other than the embedded set put in (``--seed`` and ``--dataset``
+    win over ``-p``). The run's first step builds its cells from the same dict (bdlib/plan.py)."""
+    parameters = dict(parameters or {})
+    if seed != 0:
+        parameters["seed"] = seed
+    if dataset != "embedded" or dataset_root is not None:
+        from .data.sources import SOURCES
+
+        SOURCES.get(dataset)  # unknown names list the valid ones
+        parameters.update({"dataset": dataset, "dataset_root": None if dataset_root is None else str(dataset_root)})
+    return parameters
+
+
 def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = None, only: str | None = None,
             log_output: bool = False, parameters: dict | None = None, dataset: str = "embedded",
             dataset_root: str | None = None, jobs: int = 1, run_id: str | None = None) -> int:
@@ -97,14 +113,7 @@ def run_all(profile: str = "default", seed: int = 0, output_dir: Path | None = N
     if not nbs:
         print(f"no notebooks matched in {NOTEBOOK_DIR}", file=sys.stderr)
         return 2
-    parameters = dict(parameters or {})
-    if seed != 0:
-        parameters["seed"] = seed
-    if dataset != "embedded" or dataset_root is not None:
-        from .data.sources import SOURCES
-
-        SOURCES.get(dataset)  # unknown names list the valid ones
-        parameters.update({"dataset": dataset, "dataset_root": None if dataset_root is None else str(dataset_root)})
+    parameters = run_parameters(parameters, seed, dataset, dataset_root)
     check_parameters(nbs, parameters)
     # the committed notebooks carry the default profile's outputs on the embedded set;
     # other profiles and datasets write elsewhere

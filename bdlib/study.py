@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Protocol
 
 import pandas as pd
 
@@ -88,9 +89,18 @@ class VictimCell:
         the last as ``attack_knobs``."""
         return {**dict(self.attack_knobs), **({} if self.rate is None else {"rate": self.rate})}
 
-    def run(self) -> dict:
+    @property
+    def task_name(self) -> str:
+        """What the cell is, for a Dask key and the dashboard."""
+        return f"victim-{self.attack}"
+
+    def run(self, *_deps) -> dict:
         _, rec = self.experiment().backdoored_model(self.attack, self.model, **self.victim_kwargs())
         return rec
+
+    def record(self) -> dict:
+        """The victim's record (:meth:`run`): what :func:`compute_cells` returns for it."""
+        return self.run()
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,10 @@ class DefenseCell:
     defense: str
     knobs: tuple = ()  # sorted (key, value) pairs
     clean_fraction: float | None = None
+
+    @property
+    def task_name(self) -> str:
+        return f"defense-{self.defense}-{self.victim.attack}"
 
     def refusal(self) -> str | None:
         """The defense's reason for refusing this cell's model (:func:`refusal`), or None if it
@@ -130,6 +144,10 @@ class DefenseCell:
             return self.run()
         except DefenseNotApplicable as err:
             return self.not_applicable(str(err))
+
+    def record(self, _victim_record: dict | None = None) -> dict:
+        """:meth:`run_or_refuse`: a refused defense is a row of the study, not an error."""
+        return self.run_or_refuse()
 
     def not_applicable(self, reason: str) -> dict:
         """The record of a refused cell: no metrics, nothing stored."""
@@ -180,6 +198,12 @@ def _experiment(profile: Profile, dataset: DatasetSpec, seed: int, features: str
     return load_experiment(profile, seed, progress=False, features=features, dataset=dataset.name,
                            dataset_root=dataset.root, dataset_options=dict(dataset.options), target=target,
                            device=device, **kwargs)
+
+
+def forget_experiments() -> None:
+    """Drop the Experiments this process keeps for its cells (:func:`_experiment`): their splits
+    and features, once a study's cells are computed and the memory is wanted elsewhere."""
+    _experiment.cache_clear()
 
 
 def _frozen(knobs: dict | None) -> tuple:
@@ -297,38 +321,11 @@ class Study:
         (:func:`bdlib.cluster.get_client`). ``None`` (default): Dask when a scheduler is given
         or the local cluster would have two workers or more, else this process — one local
         worker only adds start-up and transfers (measured: benchmarks/study_grid.py)."""
-        from .cluster import local_layout
-
         victims, defenses = self.victim_cells(), self.defense_cells()
-        if serial is None:
-            serial = not (scheduler or os.environ.get("BDLIB_SCHEDULER")) and local_layout()[0] < 2
-            if serial and progress:
-                print(f"running {len(victims) + len(defenses)} cells in this process (a local Dask cluster here "
-                      f"would have one worker; BDLIB_WORKERS=n or a scheduler address runs them on Dask)",
-                      file=sys.stderr)
         t0 = time.perf_counter()
-        if serial:
-            from tqdm import tqdm
-
-            v_recs = [c.run() for c in tqdm(victims, desc="victims", disable=not progress)]
-            d_recs = [c.run_or_refuse() for c in tqdm(defenses, desc="defense runs", disable=not progress)]
-        else:
-            v_recs, d_recs = self._run_dask(victims, defenses, scheduler, progress)
+        v_recs, d_recs = compute_cells(victims, defenses, scheduler=scheduler, serial=serial, progress=progress)
         self.last_run = {"victims": v_recs, "defenses": d_recs, "wall_s": time.perf_counter() - t0}
         return self.table(v_recs, d_recs)
-
-    def _run_dask(self, victims, defenses, scheduler, progress):
-        from .cluster import get_client, show_progress
-
-        with get_client(scheduler) as client:
-            # keys name the cell's content: on a shared scheduler, two studies that need the same cell
-            # share its result, and different cells never collide
-            v_futs = [client.submit(_run_cell, c, pure=False, key=_cell_key("victim", c)) for c in victims]
-            by_victim = dict(zip(victims, v_futs))
-            d_futs = [client.submit(_run_cell, c, by_victim[c.victim], pure=False, key=_cell_key("defense", c))
-                      for c in defenses]
-            show_progress(v_futs + d_futs, progress)
-            return client.gather(v_futs), client.gather(d_futs)
 
     # --- results -----------------------------------------------------------------------
     def table(self, victim_records: list[dict] | None = None, defense_records: list[dict] | None = None) -> pd.DataFrame:
@@ -386,9 +383,9 @@ def _scalar(value):
     return value if value is None or isinstance(value, (int, float, str, bool)) else json.dumps(value)
 
 
-def _cell_key(kind: str, cell) -> str:
-    name = cell.attack if kind == "victim" else f"{cell.defense}-{cell.victim.attack}"
-    return f"{kind}-{name}-{hashlib.sha256(repr(cell).encode()).hexdigest()[:16]}"
+def _cell_key(cell) -> str:
+    """The cell's Dask key: its ``task_name`` and a hash of its content."""
+    return f"{cell.task_name}-{hashlib.sha256(repr(cell).encode()).hexdigest()[:16]}"
 
 
 def _run_cell(cell, *deps):
@@ -399,7 +396,70 @@ def _run_cell(cell, *deps):
         import torch
 
         torch.set_num_threads(int(threads))
-    return cell.run_or_refuse(*deps) if isinstance(cell, DefenseCell) else cell.run(*deps)
+    return cell.record(*deps)
+
+
+def runs_serially(scheduler: str | None = None, serial: bool | None = None) -> bool:
+    """``serial`` if given; else whether no scheduler is given (argument or ``$BDLIB_SCHEDULER``)
+    and a local Dask cluster here would have one worker only, which adds start-up and transfers
+    and nothing else (measured: benchmarks/study_grid.py)."""
+    from .cluster import local_layout
+
+    if serial is not None:
+        return serial
+    return not (scheduler or os.environ.get("BDLIB_SCHEDULER")) and local_layout()[0] < 2
+
+
+class DependentCell(Protocol):
+    """A cell that runs on one victim — :class:`DefenseCell`, :class:`bdlib.curve_grids.CurveCell` —
+    as :func:`compute_cells` takes it: picklable, equal by value (so a shared cell is one task)."""
+
+    victim: VictimCell
+
+    @property
+    def task_name(self) -> str:
+        """What the cell is, for its Dask key and the dashboard."""
+
+    def record(self, _victim_record: dict | None = None) -> dict:
+        """The cell's record, computed or read back from the store (the victim's record only
+        orders the cell after its victim on Dask)."""
+
+
+def compute_cells(victims: list[VictimCell], dependents: list[DependentCell], scheduler: str | None = None,
+                  serial: bool | None = None, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Compute (or read back) ``victims`` first, then ``dependents`` (:class:`DependentCell`: each
+    runs on one victim) and return their records in order.
+
+    Serially in this process (:func:`runs_serially` decides when ``serial`` is None), or on Dask:
+    the cluster at ``scheduler`` (or ``$BDLIB_SCHEDULER``), else a local one sized to the
+    machine (:func:`bdlib.cluster.get_client`), each dependent ordered after its victim's task.
+    A victim listed twice is one task (cells are equal by value)."""
+    if runs_serially(scheduler, serial):
+        from tqdm import tqdm
+
+        if serial is None and progress:
+            print(f"running {len(victims) + len(dependents)} cells in this process (a local Dask cluster here "
+                  f"would have one worker; BDLIB_WORKERS=n or a scheduler address runs them on Dask)",
+                  file=sys.stderr)
+        v_recs = [_run_cell(c) for c in tqdm(victims, desc="victims", disable=not progress)]
+        d_recs = [_run_cell(c) for c in tqdm(dependents, desc="defense runs and curves", disable=not progress)]
+        return v_recs, d_recs
+    from .cluster import get_client, show_progress
+
+    with get_client(scheduler) as client:
+        # keys name the cell's content: on a shared scheduler, two studies that need the same cell
+        # share its result, and different cells never collide
+        by_victim = {}
+        for c in victims:
+            if c not in by_victim:
+                by_victim[c] = client.submit(_run_cell, c, pure=False, key=_cell_key(c))
+        v_futs = [by_victim[c] for c in victims]
+        for c in dependents:  # a curve's victim need not be in `victims`: it becomes a task of its own
+            if c.victim not in by_victim:
+                by_victim[c.victim] = client.submit(_run_cell, c.victim, pure=False, key=_cell_key(c.victim))
+        d_futs = [client.submit(_run_cell, c, by_victim[c.victim], pure=False, key=_cell_key(c)) for c in dependents]
+        show_progress(list(by_victim.values()) + d_futs, progress)
+        return client.gather(v_futs), client.gather(d_futs)
 
 
 def _stored(cell) -> bool:
@@ -556,14 +616,16 @@ def model_rows_studies(profile: str | Profile = "default", seeds=(0,), **kwargs)
     return studies
 
 
-def main_table_study(profile: str | Profile = "default", seeds=(0, 1, 2), attacks=None, defenses=None,
+def main_table_study(profile: str | Profile = "default", seeds=None, attacks=None, defenses=None, seed: int = 0,
                      **kwargs) -> Study:
     """The main table's grid (notebook 50): :func:`collection_study` plus the fair FT row —
     FT at GN-FT's (approximate) optimiser with the penalty off (:func:`matched_ft_knobs`) next
     to BackdoorBench's FT. ``attacks`` / ``defenses``: a subset by registry name (``None``:
     all); ``defenses`` may name a GN-FT mode as ``"gnft:approx"`` / ``"gnft:exact"`` to keep
     one. A subset is how a run is fitted to a machine; the notebook states which was run.
-    Under the smoke profile: one attack, both FT rows and GN-FT approx, no clean model (CI)."""
+    Under the smoke profile: one attack, both FT rows and GN-FT approx, no clean model (CI).
+    ``seeds``: ``None`` is ``seed``, ``seed + 1``, ``seed + 2`` (``bdlib run --seed N``)."""
+    seeds = (seed, seed + 1, seed + 2) if seeds is None else tuple(seeds)
     grid = collection_study(profile, seeds=seeds, **kwargs)
     gnft_approx = next(k for k in grid.defenses["gnft"] if k["mode"] == "approx")
     table = {**grid.defenses, "ft": [grid.defenses["ft"], matched_ft_knobs(gnft_approx)]}
@@ -597,4 +659,5 @@ def main_table_study(profile: str | Profile = "default", seeds=(0, 1, 2), attack
 
 
 __all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE", "OK", "Study",
-           "VictimCell", "collection_study", "main_table_study", "matched_ft_knobs", "mean_sd", "pivot", "refusal"]
+           "DependentCell", "VictimCell", "collection_study", "compute_cells", "forget_experiments", "main_table_study", "matched_ft_knobs", "mean_sd", "pivot",
+           "refusal", "runs_serially"]

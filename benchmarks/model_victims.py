@@ -2,13 +2,14 @@
 
 Why a script: training the large models takes tens of minutes per victim on a CPU, so the table
 is made once and quoted; the victims land in the store, where notebook 10 and every later run
-read them. ``--train-lr`` overrides the profile's victim learning rate (part of the store key):
+read them. ``--train-lr`` and ``--train-epochs`` override the profile's victim learning rate and
+epoch count (both part of the store key):
 LargeCNN (no normalisation layer, no activation after its first two convolutions) stays at
 chance at the default profile's Adam 1e-3 and is trained at the GN-FT authors' 1e-4
 (quantum-bitss/Audio-Backdoor-Attack, badnets.py ``--learning_rate``).
 
     python benchmarks/model_victims.py [--profile default] [--seed 0] [--threads 2]
-        [--train-lr 1e-4] [--attacks badnets] models ...
+        [--train-lr 1e-4] [--train-epochs 100] [--attacks badnets] models ...
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-lr", type=float, help="victim learning rate (default: the profile's)")
+    ap.add_argument("--train-epochs", type=int, help="victim epochs (default: the profile's)")
     ap.add_argument("--attacks", nargs="+", default=["badnets"])
     a = ap.parse_args()
     import torch
@@ -31,10 +33,11 @@ def main() -> None:
     from bdlib.victims import victim_table
 
     torch.set_num_threads(a.threads)
-    over = {} if a.train_lr is None else {"train_lr": a.train_lr}
+    over = {k: v for k, v in (("train_lr", a.train_lr), ("train_epochs", a.train_epochs)) if v is not None}
     exp = load_experiment(a.profile, a.seed, **over)
     table, _ = victim_table(exp, a.models, a.attacks)
-    print(f"profile {a.profile}, seed {a.seed}, victim lr {exp.profile.train_lr:g}, {a.threads} threads asked "
+    print(f"profile {a.profile}, seed {a.seed}, victim lr {exp.profile.train_lr:g}, {exp.profile.train_epochs} epochs, "
+          f"{a.threads} threads asked "
           f"(a stored victim keeps the threads it was trained with); malloc: {allocator_settings()}")
     print(table.drop(columns=["ra"], errors="ignore").round(4).to_string(index=False))
 

@@ -502,11 +502,12 @@ def test_model_rows_are_the_profiles_other_architectures_on_their_attacks_only()
         model_rows_studies(get_profile("smoke", model_rows={"resnet": "badnets"}))
 
 
-def test_study_step_adds_model_rows_unless_models_are_given(monkeypatch):
+def test_study_step_adds_model_rows_unless_models_are_given(monkeypatch, tmp_path):
     import argparse
 
     import bdlib.__main__ as cli
 
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path))  # its timings record, not the repository's
     ran = []
     monkeypatch.setattr(Study, "run", lambda self, **kw: ran.append((self.models, tuple(self.attacks))) or setattr(
         self, "last_run", {"wall_s": 0.0}))
