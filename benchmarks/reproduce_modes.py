@@ -89,10 +89,12 @@ def main() -> None:
     finally:
         if a.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    table = pd.DataFrame(tables)
+    seen = list(dict.fromkeys(step for t in tables.values() for step in t.index))
+    order = sorted(seen, key=lambda step: (not step.startswith("cells:"), seen.index(step)))  # cells, then notebooks
+    table = pd.DataFrame(tables).reindex(order)
     table.loc["sum of steps"] = table.sum()
     table.loc["process wall time"] = pd.Series(walls)
-    print(table.round(1).fillna("").to_string())
+    print(table.round(1).astype(object).where(table.notna(), "").to_string())
 
 
 if __name__ == "__main__":
