@@ -12,7 +12,8 @@ A notebook's cells come from the function the notebook itself calls (:data:`NOTE
 which notebooks read them, the builder, and the parameters that change only what a notebook
 shows), so what is computed beforehand is what the notebook asks for. A run given a notebook
 parameter that a builder does not take leaves that notebook to compute its own cells, and says
-so; nothing is computed that the notebooks will not read.
+so; nothing is computed that the notebooks will not read (the whole collection grid only for
+notebooks 30 and 90, which show all of it).
 """
 from __future__ import annotations
 
