@@ -160,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.target is not None:
                 parameters["target"] = args.target
             if not args.no_study:
-                _notebook_cells(args, parameters, run_id)
+                try:
+                    _notebook_cells(args, parameters, run_id)
+                except KeyboardInterrupt:
+                    print("\nINTERRUPTED while computing the notebooks' cells: every cell that finished is stored "
+                          "(a cell in flight is not, and nothing half-written is read); run the same command again "
+                          "to go on from there. No notebook was executed.", file=sys.stderr)
+                    return 130
             return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
                            parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs,
                            run_id=run_id)

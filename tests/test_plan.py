@@ -133,6 +133,21 @@ def test_cli_run_computes_the_cells_of_the_notebooks_it_runs(monkeypatch, tmp_pa
     assert len(computed) == 1
 
 
+def test_an_interrupted_cells_step_says_what_is_kept_and_runs_no_notebook(monkeypatch, tmp_path, capsys):
+    import bdlib.__main__ as cli
+    import bdlib.runner as runner
+
+    def interrupted(parts, **kw):
+        raise KeyboardInterrupt
+
+    ran = []
+    monkeypatch.setattr(plan_mod, "compute_plan", interrupted)
+    monkeypatch.setattr(runner, "run_all", lambda *a, **kw: ran.append(a) or 0)
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path))
+    assert cli.main(["run", "--profile", "smoke", "--only", "^50_"]) == 130
+    assert ran == [] and "every cell that finished is stored" in capsys.readouterr().err
+
+
 def test_cli_run_builds_the_cells_from_the_parameters_the_notebooks_get(monkeypatch, tmp_path):
     """-p seed=3 reaches the plan as it reaches the notebook (seeds 3, 4, 5); --seed wins over it,
     as in the notebooks' parameters (bdlib.runner.run_parameters)."""
