@@ -11,6 +11,7 @@ record (bdlib/timings.py): one row per step, the cells part by part when serial,
 Dask.
 
     python benchmarks/reproduce_modes.py --profile smoke [--modes serial dask2] [--keep DIR]
+    python benchmarks/reproduce_modes.py --profile default --only '^41_'   # one notebook and its cells
 
 ``serial``: ``--serial`` (the default below 8 cores); ``dask2``: ``BDLIB_WORKERS=2`` (2 workers ×
 cores/2 torch threads); ``daskN`` likewise. A timing is machine-dependent: quote it with the
@@ -40,7 +41,8 @@ def _mode_env(mode: str) -> tuple[list[str], dict]:
     return [], {"BDLIB_WORKERS": m.group(1)}
 
 
-def run_mode(mode: str, profile: str, data: Path, embedded: Path | None) -> tuple[float, "object"]:
+def run_mode(mode: str, profile: str, data: Path, embedded: Path | None, only: str | None = None
+             ) -> tuple[float, "object"]:
     """One ``bdlib run`` in a fresh process on an empty store; (wall seconds, its timings table)."""
     from bdlib.allocator import with_allocator_env
     from bdlib.timings import read_timings, timings_path
@@ -50,7 +52,8 @@ def run_mode(mode: str, profile: str, data: Path, embedded: Path | None) -> tupl
         shutil.copytree(embedded, data / "embedded")
     args, extra = _mode_env(mode)
     env = with_allocator_env({**os.environ, "BDLIB_DATA": str(data), **extra})
-    cmd = [sys.executable, "-m", "bdlib", "run", "--profile", profile, "--output-dir", str(data / "notebooks"), *args]
+    cmd = [sys.executable, "-m", "bdlib", "run", "--profile", profile, "--output-dir", str(data / "notebooks"), *args,
+           *(["--only", only] if only else [])]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["serial", "dask2"])
     ap.add_argument("--embedded", type=Path, help="a folder of embedded sets to copy into each empty data folder "
                                                   "(default: $BDLIB_DATA/embedded, or the repository's data/embedded)")
+    ap.add_argument("--only", help="a regular expression: these notebooks and their cells only (bdlib run --only)")
     ap.add_argument("--keep", type=Path, help="keep each mode's data folder under this folder (default: removed)")
     a = ap.parse_args()
     import pandas as pd
@@ -83,7 +87,7 @@ def main() -> None:
     tables, walls = {}, {}
     try:
         for mode in a.modes:
-            walls[mode], t = run_mode(mode, a.profile, base / mode, embedded)
+            walls[mode], t = run_mode(mode, a.profile, base / mode, embedded, a.only)
             tables[mode] = t.set_index("step")["seconds"]
             print(f"{mode}: {walls[mode]:.1f} s wall", flush=True)
     finally:
