@@ -6,7 +6,8 @@ the Dask local cluster, per notebook"): since the run computes every notebook's 
 the notebooks (bdlib/plan.py), the mode decides how almost all of the run's work is spread.
 Each mode runs in a fresh process with its own empty ``BDLIB_DATA`` (the embedded wavs copied
 in: they are data, not artifacts, and the synthesis is the same in both) and ``make``'s malloc
-settings; the notebooks go to a scratch folder. The table is read from each run's timings
+settings; the notebooks go to a scratch folder, and the repository's ``figures/`` (where a
+default-profile run publishes) is put back as it was afterwards. The table is read from each run's timings
 record (bdlib/timings.py): one row per step, the cells part by part when serial, as one step on
 Dask.
 
@@ -85,12 +86,18 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; profile {a.profile}; embedded wavs "
           f"{'copied from ' + str(embedded) if embedded else 'synthesised by each run'}; data folders under {base}")
     tables, walls = {}, {}
+    # a default-profile run publishes into the repository's figures/ (bdlib.paths.figure_path): keep the
+    # committed ones as they were (these runs train with other thread counts; their numbers are timings' by-products)
+    figures, saved = REPO / "figures", base / "figures.saved"
+    shutil.copytree(figures, saved)
     try:
         for mode in a.modes:
             walls[mode], t = run_mode(mode, a.profile, base / mode, embedded, a.only)
             tables[mode] = t.set_index("step")["seconds"]
             print(f"{mode}: {walls[mode]:.1f} s wall", flush=True)
     finally:
+        shutil.rmtree(figures)
+        shutil.copytree(saved, figures)
         if a.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     seen = list(dict.fromkeys(step for t in tables.values() for step in t.index))
