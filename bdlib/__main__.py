@@ -288,15 +288,15 @@ def _notebook_cells(args, parameters: dict, run_id: str) -> None:
     forget_experiments()  # their data and features stay out of memory while the notebooks run
 
 
-def _study(args, seeds: list[int], models=None, run_id: str | None = None) -> None:
-    """The collection grid and, unless ``models`` are given, the profile's model rows (notebook 90);
-    each study's wall time is appended to the timings record (:mod:`bdlib.timings`)."""
+def _study(args, seeds: list[int], models=None) -> None:
+    """``study``: the collection grid over ``seeds`` and, unless ``models`` are given, the profile's
+    model rows (notebook 90); each study's wall time is appended to the timings record
+    (:mod:`bdlib.timings`). ``run`` computes every notebook's cells instead (:func:`_notebook_cells`)."""
     from .study import collection_study, model_rows_studies
     from .timings import new_run_id, record
 
-    run_id = run_id or new_run_id()
-
-    models = models or getattr(args, "models", None)  # `run -p models=[...]` or --models; None: the profile's
+    run_id = new_run_id()
+    models = models or args.models  # --models; None: the profile's
     common = dict(seeds=seeds, dataset=args.dataset, dataset_root=args.dataset_root, target=args.target,
                   device=args.device)
     studies = [collection_study(args.profile, models=None if models is None else list(models), **common)]

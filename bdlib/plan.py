@@ -26,7 +26,7 @@ from typing import Callable
 
 from .curve_grids import budget_grid, lr_grid
 from .profiles import get_profile
-from .study import DependentCell, Study, VictimCell, collection_study, compute_cells, main_table_study, model_rows_studies, \
+from .study import SERIAL_WHY, DependentCell, Study, VictimCell, collection_study, compute_cells, main_table_study, model_rows_studies, \
     runs_serially
 
 
@@ -131,11 +131,11 @@ class NotebookCells:
     notebooks: str
     build: Callable[..., list[Cells]]
     ignores: frozenset = field(default_factory=frozenset)
-    takes: frozenset = field(init=False)
 
-    def __post_init__(self):  # the builder's signature declares the notebook parameters it takes
-        names = frozenset(inspect.signature(self.build).parameters) - {"profile", "device"}
-        object.__setattr__(self, "takes", names)
+    @property
+    def takes(self) -> frozenset:
+        """The notebook parameters the builder takes: its signature declares them."""
+        return frozenset(inspect.signature(self.build).parameters) - {"profile", "device"}
 
     def accepts(self, parameters: dict) -> list[str]:
         """The given parameters this builder can neither take nor ignore (empty: it accepts them)."""
@@ -190,8 +190,7 @@ def compute_plan(parts: list[Cells], scheduler: str | None = None, serial: bool 
     t0 = time.perf_counter()
     if runs_serially(scheduler, serial):
         if serial is None and progress and parts:
-            print("computing in this process, part by part (a local Dask cluster here would have one worker; "
-                  "BDLIB_WORKERS=n or a scheduler address runs them on Dask)", file=sys.stderr)
+            print(f"computing {', '.join(p.label for p in parts)} part by part {SERIAL_WHY}", file=sys.stderr)
         for part in parts:
             if progress:
                 print(f"{part.label}: {len(part.victims)} victims, {len(part.dependents)} runs", file=sys.stderr)

@@ -399,6 +399,11 @@ def _run_cell(cell, *deps):
     return cell.record(*deps)
 
 
+#: what a run that chose to compute in its own process says about it
+SERIAL_WHY = ("in this process (a local Dask cluster here would have one worker; BDLIB_WORKERS=n or a scheduler "
+              "address runs them on Dask)")
+
+
 def runs_serially(scheduler: str | None = None, serial: bool | None = None) -> bool:
     """``serial`` if given; else whether no scheduler is given (argument or ``$BDLIB_SCHEDULER``)
     and a local Dask cluster here would have one worker only, which adds start-up and transfers
@@ -438,9 +443,7 @@ def compute_cells(victims: list[VictimCell], dependents: list[DependentCell], sc
         from tqdm import tqdm
 
         if serial is None and progress:
-            print(f"running {len(victims) + len(dependents)} cells in this process (a local Dask cluster here "
-                  f"would have one worker; BDLIB_WORKERS=n or a scheduler address runs them on Dask)",
-                  file=sys.stderr)
+            print(f"running {len(victims) + len(dependents)} cells {SERIAL_WHY}", file=sys.stderr)
         v_recs = [_run_cell(c) for c in tqdm(victims, desc="victims", disable=not progress)]
         d_recs = [_run_cell(c) for c in tqdm(dependents, desc="defense runs and curves", disable=not progress)]
         return v_recs, d_recs
