@@ -30,7 +30,7 @@ import pandas as pd
 
 from .budget import GRIDS, CurveSpec, budget_curve, curve_rows, grid_specs
 from .profiles import Profile, get_profile
-from .study import DatasetSpec, VictimCell
+from .study import DatasetSpec, VictimCell, profile_models
 
 #: notebook 41's ``full`` slice (figures/41_budget_curves_full.csv): BadNets at all three rates of
 #: the ``budget`` grid, Blended at lr 1e-3 and 1e-2 and JingleBack at 1e-2, to 300 steps
@@ -121,16 +121,6 @@ def curve_table(cells: list[CurveCell], progress: bool = True) -> pd.DataFrame:
     return pd.DataFrame([r for c in tqdm(cells, desc="budget curves", disable=not progress) for r in c.rows()])
 
 
-def _models(profile: Profile, models) -> tuple[str, ...]:
-    """``models`` (checked against the registry: a misspelt name lists the valid ones), or the profile's."""
-    from .models import MODELS
-
-    out = tuple(models) if models else tuple(profile.models)
-    for m in out:
-        MODELS.get(m)
-    return out
-
-
 def _shifted(seeds, grid_seeds, seed: int) -> tuple[int, ...]:
     return tuple(seeds) if seeds is not None else tuple(s + seed for s in grid_seeds)
 
@@ -149,7 +139,7 @@ def budget_grid(profile: str = "default", grid: str | None = None, attacks=None,
     g = {**grids[name], **{k: v for k, v in dict(attacks=attacks, n_clean=n_clean, lrs=lrs,
                                                   checkpoints=checkpoints).items() if v is not None}}
     run = get_profile(g["profile"])
-    run_models = _models(run, models)
+    run_models = profile_models(run, models)
 
     def of(axis, attack):  # one list for every attack, or {attack: list}
         v = g[axis]
@@ -179,7 +169,7 @@ def lr_grid(profile: str = "default", grid: str | None = None, attacks=None, n_c
     chosen = tuple(attacks or LR_ATTACKS)
     slices = tuple({"attacks": chosen, **sl} for sl in ([{**grid_slices[0], **asked}] if asked else grid_slices))
     run = get_profile(run_name or profile)
-    run_models = _models(run, models)
+    run_models = profile_models(run, models)
     specs = tuple(dataclasses.replace(sp, model=m) for m in run_models for sl in slices
                   for sp in grid_specs(sl["attacks"], sl["n_clean"], sl["lrs"], sl["checkpoints"], seeds=[0],
                                        gnft={"mode": gnft_mode}))

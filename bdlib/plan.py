@@ -26,13 +26,14 @@ from typing import Callable
 
 from .curve_grids import budget_grid, lr_grid
 from .profiles import get_profile
-from .study import SERIAL_WHY, DependentCell, Study, VictimCell, collection_study, compute_cells, main_table_study, model_rows_studies, \
-    runs_serially
+from .study import (SERIAL_WHY, DependentCell, Study, VictimCell, collection_study, compute_cells, main_table_study,
+                    model_rows_studies, profile_models, runs_serially)
 
 
 @dataclass
 class Cells:
-    """One notebook's work: victims, and cells that each run on one victim (defense runs, curves)."""
+    """One notebook's work: victims, and cells that each run on one victim (defense runs, curves,
+    observations)."""
 
     label: str
     victims: list[VictimCell]
@@ -43,8 +44,9 @@ class Cells:
         return cls(label, study.victim_cells(), study.defense_cells())
 
     @classmethod
-    def of_curves(cls, label: str, curves: list) -> "Cells":
-        return cls(label, list(dict.fromkeys(c.victim for c in curves)), curves)
+    def of_dependents(cls, label: str, cells: list) -> "Cells":
+        """Cells that each run on one victim (curves, observations), and their victims."""
+        return cls(label, list(dict.fromkeys(c.victim for c in cells)), cells)
 
     def __len__(self) -> int:
         return len(self.victims) + len(self.dependents)
@@ -75,12 +77,38 @@ def model_rows_cells(profile: str, device: str | None = None, seed: int = 0, tar
             for s in model_rows_studies(prof, seeds=[seed], **_data(dataset, dataset_root, target, device))]
 
 
+def observation_cells(profile: str, device: str | None = None, seed: int = 0, seeds=None, attacks=None, models=None,
+                      clean_fraction: float = 0.05, epochs=None, mode: str = "approx", r: float = 0.05,
+                      alpha: float = 0.7, lr: float = 1e-3, ft_lr: float = 0.01, grad_mode: str = "train",
+                      backdoor_ratio: float = 2.0, clean_ratio: float = 1.25, dormant_fraction: float = 0.1,
+                      loss_change_layers=None, loss_change_clips=None, target=None, dataset: str = "embedded",
+                      dataset_root=None) -> list[Cells]:
+    """Notebook 31's observations (:func:`bdlib.observation_grid.observation_cells`). A model
+    without units to observe (``rnn``) is left out here, with a line saying so: the notebook
+    refuses it itself, and the run's other notebooks still run."""
+    from .observation_grid import observable, observation_cells as build
+
+    chosen = profile_models(get_profile(profile), models)
+    kept = [m for m in chosen if observable(m)]
+    if len(kept) < len(chosen):
+        print(f"31_observation_gradients: no units to observe in {', '.join(sorted(set(chosen) - set(kept)))}; "
+              f"the notebook will refuse it", file=sys.stderr)
+    if not kept:
+        return []
+    cells = build(profile, seed=seed, seeds=seeds, attacks=attacks, models=kept, clean_fraction=clean_fraction,
+                  epochs=epochs, mode=mode, r=r, alpha=alpha, lr=lr, ft_lr=ft_lr, grad_mode=grad_mode,
+                  backdoor_ratio=backdoor_ratio, clean_ratio=clean_ratio, dormant_fraction=dormant_fraction,
+                  loss_change_layers=loss_change_layers, loss_change_clips=loss_change_clips,
+                  **_data(dataset, dataset_root, target, device))
+    return [Cells.of_dependents("observations", cells)]
+
+
 def budget_cells(profile: str, device: str | None = None, grid=None, attacks=None, n_clean=None, lrs=None,
                  checkpoints=None, seed: int = 0, seeds=None, gnft_mode: str = "approx", target=None, models=None,
                  dataset: str = "embedded", dataset_root=None) -> list[Cells]:
     """Notebook 41's curves (:func:`bdlib.curve_grids.budget_grid`)."""
     g = budget_grid(profile, grid, attacks, n_clean, lrs, checkpoints, seed, seeds, gnft_mode, models)
-    return [Cells.of_curves(f"budget curves ({g.name})", g.cells(dataset, dataset_root, target, device))]
+    return [Cells.of_dependents(f"budget curves ({g.name})", g.cells(dataset, dataset_root, target, device))]
 
 
 def lr_cells(profile: str, device: str | None = None, grid=None, attacks=None, n_clean=None, lrs=None,
@@ -88,7 +116,7 @@ def lr_cells(profile: str, device: str | None = None, grid=None, attacks=None, n
              dataset: str = "embedded", dataset_root=None) -> list[Cells]:
     """Notebook 44's curves (:func:`bdlib.curve_grids.lr_grid`)."""
     g = lr_grid(profile, grid, attacks, n_clean, lrs, checkpoints, seed, seeds, gnft_mode, models)
-    return [Cells.of_curves(f"learning-rate curves ({g.name})", g.cells(dataset, dataset_root, target, device))]
+    return [Cells.of_dependents(f"learning-rate curves ({g.name})", g.cells(dataset, dataset_root, target, device))]
 
 
 def ablation_cells(profile: str, device: str | None = None, grid=None, seed: int = 0, seeds=None, attacks=None,
@@ -144,11 +172,11 @@ class NotebookCells:
 
 _BARS = frozenset({"asr_bar", "acc_drop_bar"})
 
-#: every notebook whose cells the run computes beforehand, in notebook order. What is left to the
-#: kernels: notebook 12's victims at 44.1 kHz (≈ 3 min), 31's unit gradients (≈ 10 min; they are
-#: not store cells), 45's ``long`` grid (a day of CPU, asked for on purpose; a plain run reads its
-#: committed curves) and, when they run without 30 or 90, the attack and defense notebooks' parts
-#: of the collection grid.
+#: every notebook whose cells the run computes beforehand, in notebook order but 31 (after 50, whose
+#: FT and GN-FT runs it observes). What is left to the kernels: notebook 12's victims at 44.1 kHz
+#: (≈ 3 min), 45's ``long`` grid (a day of CPU, asked for on purpose; a plain run reads its committed
+#: curves) and, when they run without 30 or 90, the attack and defense notebooks' parts of the
+#: collection grid.
 NOTEBOOK_CELLS: tuple[NotebookCells, ...] = (
     NotebookCells(r"^(30|90)_", collection_cells, frozenset({"model_rows"})),
     NotebookCells(r"^90_", model_rows_cells),
@@ -157,6 +185,8 @@ NOTEBOOK_CELLS: tuple[NotebookCells, ...] = (
     NotebookCells(r"^43_", rate_cells, _BARS),
     NotebookCells(r"^44_", lr_cells, _BARS),
     NotebookCells(r"^50_", main_table_cells),
+    # after the main table: its FT and GN-FT runs (seeds 0-2) are the ones 31 observes, computed by their own part
+    NotebookCells(r"^31_", observation_cells),
 )
 
 
@@ -211,4 +241,5 @@ def compute_plan(parts: list[Cells], scheduler: str | None = None, serial: bool 
 
 
 __all__ = ["Cells", "NOTEBOOK_CELLS", "NotebookCells", "ablation_cells", "budget_cells", "collection_cells",
-           "compute_plan", "lr_cells", "main_table_cells", "model_rows_cells", "plan", "rate_cells"]
+           "compute_plan", "lr_cells", "main_table_cells", "model_rows_cells", "observation_cells", "plan",
+           "rate_cells"]

@@ -187,6 +187,14 @@ def refusal(defense: str, knobs: dict, model: str, input_shape, num_classes: int
     return None
 
 
+def profile_models(profile: Profile, models=None) -> tuple[str, ...]:
+    """``models`` (checked against the registry: a misspelt name lists the valid ones), or the profile's."""
+    out = tuple(models) if models else tuple(profile.models)
+    for m in out:
+        MODELS.get(m)
+    return out
+
+
 @lru_cache(maxsize=16)
 def _experiment(profile: Profile, dataset: DatasetSpec, seed: int, features: str, target, data_root: str | None,
                 device: str | None = None):
@@ -416,8 +424,9 @@ def runs_serially(scheduler: str | None = None, serial: bool | None = None) -> b
 
 
 class DependentCell(Protocol):
-    """A cell that runs on one victim — :class:`DefenseCell`, :class:`bdlib.curve_grids.CurveCell` —
-    as :func:`compute_cells` takes it: picklable, equal by value (so a shared cell is one task)."""
+    """A cell that runs on one victim — :class:`DefenseCell`, :class:`bdlib.curve_grids.CurveCell`,
+    :class:`bdlib.observation_grid.ObservationCell` — as :func:`compute_cells` takes it: picklable,
+    equal by value (so a shared cell is one task)."""
 
     victim: VictimCell
 
@@ -445,7 +454,7 @@ def compute_cells(victims: list[VictimCell], dependents: list[DependentCell], sc
         if serial is None and progress:
             print(f"running {len(victims) + len(dependents)} cells {SERIAL_WHY}", file=sys.stderr)
         v_recs = [_run_cell(c) for c in tqdm(victims, desc="victims", disable=not progress)]
-        d_recs = [_run_cell(c) for c in tqdm(dependents, desc="defense runs and curves", disable=not progress)]
+        d_recs = [_run_cell(c) for c in tqdm(dependents, desc="runs on victims", disable=not progress)]
         return v_recs, d_recs
     from .cluster import get_client, show_progress
 
@@ -661,6 +670,6 @@ def main_table_study(profile: str | Profile = "default", seeds=None, attacks=Non
     return replace(grid, attacks=chosen, defenses=table, include_clean=include_clean)
 
 
-__all__ = ["DatasetSpec", "DefenseCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE", "OK", "Study",
-           "DependentCell", "VictimCell", "collection_study", "compute_cells", "forget_experiments", "main_table_study", "matched_ft_knobs", "mean_sd", "pivot",
-           "refusal", "runs_serially"]
+__all__ = ["DatasetSpec", "DefenseCell", "DependentCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE",
+           "OK", "Study", "VictimCell", "collection_study", "compute_cells", "forget_experiments", "main_table_study",
+           "matched_ft_knobs", "mean_sd", "pivot", "profile_models", "refusal", "runs_serially"]

@@ -30,6 +30,7 @@ def _notebook_setup(stem: str, profile: str, monkeypatch, **parameters) -> dict:
 
     monkeypatch.setenv("BDLIB_PROFILE", profile)
     monkeypatch.setattr(CurveGrid, "describe", lambda self, cells: "")  # loads data; not what is tested
+    monkeypatch.setattr("bdlib.observation_grid.observed_units", lambda cells: {})  # likewise
     params, setup = _code_cells(stem)[:2]
     ns: dict = {}
     exec(params, ns)
@@ -46,6 +47,13 @@ def _notebook_cells(stem: str, ns: dict) -> tuple[list, list]:
 
 @pytest.mark.parametrize("profile", ["smoke", "default"])
 @pytest.mark.parametrize("stem,parameters", [
+    ("31_observation_gradients", {}),
+    ("31_observation_gradients", {"seed": 1, "attacks": ["blended"], "backdoor_ratio": 3.0, "models": ["resnet"]}),
+    ("31_observation_gradients", {  # every parameter distinct from its default and from the others
+        "seed": 1, "seeds": [2, 5], "attacks": ["blended", "pbsm"], "models": ["largecnn"], "clean_fraction": 0.04,
+        "epochs": 7, "mode": "exact", "r": 0.02, "alpha": 0.6, "lr": 2e-3, "ft_lr": 0.02, "grad_mode": "eval",
+        "backdoor_ratio": 3.0, "clean_ratio": 1.1, "dormant_fraction": 0.2, "loss_change_layers": ["fc1", "fc2"],
+        "loss_change_clips": 33, "target": "down"}),
     ("41_ablation_budget", {}), ("41_ablation_budget", {"seed": 3, "lrs": [5e-3], "grid": "full"}),
     ("42_ablation_gnft", {}), ("42_ablation_gnft", {"seed": 2, "attacks": ["blended"], "alphas": [0.5]}),
     ("43_ablation_poison_rate", {}), ("43_ablation_poison_rate", {"rates": [0.02], "models": ["lstmatt"]}),
@@ -91,9 +99,10 @@ def test_only_selects_parts_and_a_parameter_a_builder_cannot_take_leaves_the_not
     assert [p.label for p in plan("default", ["90_results"], {"models": ["resnet"]})] == ["the collection grid (resnet)"]
     assert plan("smoke", ["30_defenses_across_attacks"], {"defenses": ["ft"]}, log=log) == []
     assert "30_defenses_across_attacks: parameter(s) defenses change what the notebook computes" in log.getvalue()
-    # the attack and defense notebooks alone, 31 and 45 compute their own (a whole grid would be wasted on them)
-    assert plan("default", ["10_attack_badnets", "20_defense_ft", "31_observation_gradients",
-                            "45_ablation_budget_long"], {}) == []
+    # the attack and defense notebooks alone, and 45, compute their own (a whole grid would be wasted on them)
+    assert plan("default", ["10_attack_badnets", "20_defense_ft", "45_ablation_budget_long"], {}) == []
+    assert [(p.label, len(p.victims), len(p.dependents)) for p in plan("default", ["31_observation_gradients"], {})
+            ] == [("observations", 9, 9)]  # three attacks x three seeds
 
 
 def test_a_victim_shared_by_notebooks_is_one_cell_whatever_the_models():
