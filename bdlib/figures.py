@@ -283,6 +283,42 @@ def observation_ordering(frame: pd.DataFrame):
     return fig
 
 
+def observation_counts(frame: pd.DataFrame):
+    """Sec. 3.1's ordering over many layers at a glance (notebook 31's model rows: one seed,
+    up to 16 layers a model): per victim (``<model> / <attack>``), labelling (rows) and stage
+    (columns), how many of its layers get each verdict of :func:`ordering_verdicts`. Rows that
+    share a (labelling[, model], attack, stage, layer, seed) are refused."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    frame = _by_victim(frame)
+    _one_row_per_cell(frame, ["labelling", "attack", "stage", "layer", "seed"], "observation counts")
+    frame = frame.assign(verdict=ordering_verdicts(frame))
+    labellings, stages, victims = _in_order(frame.labelling), _in_order(frame.stage, STAGES), _in_order(frame.attack)
+    colours = dict(zip(ORDERING_VERDICTS, ("#1a9850", "#a6d96a", "#d73027", "#d9d9d9")))
+    fig, axes = plt.subplots(len(labellings), len(stages), squeeze=False, sharex=True, sharey=True,
+                             figsize=(2.2 + 2.4 * len(stages), 1.0 + 0.3 * len(victims) * len(labellings)))
+    for i, lab in enumerate(labellings):
+        for j, stage in enumerate(stages):
+            part = frame[(frame.labelling == lab) & (frame.stage == stage)]
+            counts = (part.groupby(["attack", "verdict"]).size().unstack("verdict")
+                      .reindex(index=victims, columns=list(ORDERING_VERDICTS)).fillna(0))
+            ax, left = axes[i][j], np.zeros(len(victims))
+            for verdict, colour in colours.items():
+                ax.barh(range(len(victims)), counts[verdict], left=left, color=colour)
+                left += counts[verdict].to_numpy()
+            ax.set_yticks(range(len(victims)), victims, fontsize=7)
+            ax.set_title(f"{stage}, {lab}", fontsize=8)
+            if i == len(labellings) - 1:
+                ax.set_xlabel("layers")
+    axes[0][0].invert_yaxis()
+    fig.legend(handles=[Patch(color=c, label=v) for v, c in colours.items()], loc="lower center",
+               ncol=len(colours), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
 def budget_curves(frame: pd.DataFrame):
     """ASR (solid) and ACC (dashed) against fine-tuning steps, mean ± sd over seeds, each seed's
     ASR as a faint line (three seeds can split: the band alone hides it); columns clean-clip budgets, rows attack × learning rate (``<model> / <attack>`` when the table
@@ -438,6 +474,10 @@ FIGURES.add("31_observation_ordering", Drawer(
     observation_ordering, ("labelling", "attack", "stage", "layer", "seed", "holds", "backdoor_gt_clean"),
     optional=("model",),
     about="notebook 31: whether backdoor > hybrid > clean (and backdoor > clean) holds, per victim seed and layer"))
+FIGURES.add("31_observation_models", Drawer(
+    observation_counts, ("labelling", "attack", "stage", "layer", "seed", "holds", "backdoor_gt_clean"),
+    optional=("model",),
+    about="notebook 31: the ordering on the profile's model rows (other architectures, one seed): layers per verdict"))
 BUDGET_CURVE_COLUMNS = ("attack", "lr", "n_clean", "method", "step", "seed", "asr", "acc")
 PLAIN_GRIDS = ("default", "smoke")
 

@@ -222,8 +222,10 @@ def unit_loss_changes(model: nn.Module, layers: Sequence[str], x: torch.Tensor, 
     for n clips by C copies (C = its units), copy k with unit k's output set to its bias, so
     the layers before it run once and only the rest of the network runs C·n times. This
     needs the rest of the network to treat clips independently (eval mode: BatchNorm uses
-    running statistics, no dropout), which is checked on the logits' shape. ``batch_size``
-    bounds the expanded batch (copies × clips).
+    running statistics, no dropout) *and* to take nothing from before the layer but its
+    output. A layer inside a residual block fails the second (the block adds its un-expanded
+    input), which one expanded clip shows; such a layer is measured as the authors do, one
+    forward pass per zeroed unit. ``batch_size`` bounds a pass's batch (copies × clips).
     """
     y = torch.as_tensor(y, dtype=torch.long)
     if len(x) != len(y):
@@ -233,38 +235,79 @@ def unit_loss_changes(model: nn.Module, layers: Sequence[str], x: torch.Tensor, 
     model.eval()
     dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
+
+    def mean_loss() -> float:
+        return sum(F.cross_entropy(model(x[i]), y[i], reduction="sum").item()
+                   for i in _chunks(len(x), batch_size)) / len(x)
+
     out = {}
     try:
         with torch.no_grad():
-            base = sum(F.cross_entropy(model(x[i]), y[i], reduction="sum").item()
-                       for i in _chunks(len(x), batch_size)) / len(x)
+            base = mean_loss()
             for name, m in modules.items():
-                units = m.weight.shape[0]
-                bias = m.bias if m.bias is not None else torch.zeros(units, device=dev)
-                totals = torch.zeros(units, dtype=torch.float64)
-
-                def expand(_module, _inputs, output):
-                    n = output.shape[0]
-                    copies = output.unsqueeze(0).repeat(units, *([1] * output.dim()))  # (C, n, C, ...)
-                    k = torch.arange(units, device=output.device)
-                    copies[k, :, k] = bias.view(units, *([1] * (output.dim() - 1))).to(output.dtype)
-                    return copies.reshape(units * n, *output.shape[1:])
-
-                handle = m.register_forward_hook(expand)
-                try:
-                    for i in _chunks(len(x), max(1, batch_size // units)):
-                        logits = model(x[i])
-                        if logits.shape[0] != units * len(i):
-                            raise ValueError(f"layer {name!r}: the layers after it do not keep one output per clip "
-                                             f"({logits.shape[0]} outputs for {units} x {len(i)} copies)")
-                        losses = F.cross_entropy(logits, y[i].repeat(units), reduction="none")
-                        totals += losses.view(units, len(i)).sum(1).double().cpu()
-                finally:
-                    handle.remove()
-                out[name] = (totals / len(x)).numpy() - base
+                if _expands(model, m, x[:2]):
+                    out[name] = _expanded_losses(model, m, x, y, batch_size) - base
+                else:
+                    out[name] = _zeroed_losses(m, mean_loss) - base
     finally:
         model.train(was_training)
     return out
+
+
+def _expansion_hook(m: nn.Module):
+    """A forward hook that turns the layer's output for n clips into C copies (C: its units),
+    copy k with unit k's output set to its bias."""
+    units = m.weight.shape[0]
+
+    def expand(_module, _inputs, output):
+        bias = m.bias if m.bias is not None else torch.zeros(units, device=output.device)
+        copies = output.unsqueeze(0).repeat(units, *([1] * output.dim()))  # (C, n, C, ...)
+        k = torch.arange(units, device=output.device)
+        copies[k, :, k] = bias.view(units, *([1] * (output.dim() - 1))).to(output.dtype)
+        return copies.reshape(units * output.shape[0], *output.shape[1:])
+
+    return expand
+
+
+def _expands(model: nn.Module, m: nn.Module, few: torch.Tensor) -> bool:
+    """Whether the rest of the network carries an expanded output of ``m`` through, one logit
+    row per copy, tried on ``few`` clips (two: with one, a residual sum would broadcast the
+    block's input over the copies and pass): false where it mixes in what came before ``m``
+    (a residual sum then fails on the shapes) or pools over the batch."""
+    handle = m.register_forward_hook(_expansion_hook(m))
+    try:
+        return model(few).shape[0] == m.weight.shape[0] * len(few)
+    except RuntimeError:
+        return False
+    finally:
+        handle.remove()
+
+
+def _expanded_losses(model: nn.Module, m: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+                     ) -> np.ndarray:
+    units = m.weight.shape[0]
+    totals = torch.zeros(units, dtype=torch.float64)
+    handle = m.register_forward_hook(_expansion_hook(m))
+    try:
+        for i in _chunks(len(x), max(1, batch_size // units)):
+            losses = F.cross_entropy(model(x[i]), y[i].repeat(units), reduction="none")
+            totals += losses.view(units, len(i)).sum(1).double().cpu()
+    finally:
+        handle.remove()
+    return (totals / len(x)).numpy()
+
+
+def _zeroed_losses(m: nn.Module, mean_loss) -> np.ndarray:
+    """``mean_loss()`` with each weight row of ``m`` zeroed in turn (restored after each)."""
+    losses = np.zeros(m.weight.shape[0])
+    for k in range(len(losses)):
+        row = m.weight[k].clone()
+        try:
+            m.weight[k] = 0.0
+            losses[k] = mean_loss()
+        finally:
+            m.weight[k] = row
+    return losses
 
 
 def classify_by_loss_change(clean_change: np.ndarray, backdoor_change: np.ndarray, *,

@@ -21,6 +21,7 @@ computing it waits for it on the store's lock (one computes, the other reads).
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -239,8 +240,7 @@ def observation_cells(profile: str | Profile = "default", seed: int = 0, seeds=N
     ``seeds`` None: ``[seed]`` on smoke, else ``seed`` and the next two (one victim's counts move
     with its training); ``attacks`` None: :func:`default_attacks`; ``models`` None: the
     profile's; ``loss_change_clips`` None: 16 on smoke, else 128; the rest are
-    :class:`ObservationSettings`. Each victim carries its attack's knobs from the profile, so it
-    is the same cell (one Dask task) as that victim in every other notebook."""
+    :class:`ObservationSettings`."""
     prof = get_profile(profile)
     smoke = prof.name == "smoke"
     for name, value in (("seeds", seeds), ("attacks", attacks), ("models", models),
@@ -258,11 +258,66 @@ def observation_cells(profile: str | Profile = "default", seed: int = 0, seeds=N
         (16 if smoke else 128) if loss_change_clips is None else loss_change_clips)
     for m in models:
         observed_layers(m, settings.loss_change_layers)
+    victim = _victims(prof, dataset, dataset_root, target, device, data_root)
+    return [ObservationCell(victim(s, m, a), settings) for s in seeds for m in models for a in attacks]
+
+
+def _victims(prof: Profile, dataset, dataset_root, target, device, data_root):
+    """A maker of victim cells on this data: each carries its attack's knobs from the profile,
+    so it is the same cell (one Dask task) as that victim in every other notebook."""
     data = DatasetSpec.of(dataset, None if dataset_root is None else str(dataset_root))
     root = None if data_root is None else str(data_root)
-    return [ObservationCell(VictimCell(prof, data, s, m, a, tuple(sorted(prof.attack_knobs.get(a, {}).items())),
-                                       target, root, device), settings)
-            for s in seeds for m in models for a in attacks]
+
+    def victim(seed: int, model: str, attack: str) -> VictimCell:
+        return VictimCell(prof, data, seed, model, attack, tuple(sorted(prof.attack_knobs.get(attack, {}).items())),
+                          target, root, device)
+
+    return victim
+
+
+@dataclass(frozen=True)
+class ObservationGrid:
+    """Notebook 31's cells: ``cells``, the victims of its ``models`` over its seeds, and
+    ``row_cells``, the profile's model rows (other architectures on a few attacks, as notebook
+    90 shows them) at the first seed."""
+
+    cells: tuple[ObservationCell, ...]
+    row_cells: tuple[ObservationCell, ...]
+
+    @property
+    def all(self) -> tuple[ObservationCell, ...]:
+        return self.cells + self.row_cells
+
+
+def observation_grid(profile: str | Profile = "default", seed: int = 0, seeds=None, attacks=None, models=None,
+                     model_rows=None, clean_fraction: float = 0.05, epochs: int | None = None, mode: str = "approx",
+                     r: float = 0.05, alpha: float = 0.7, lr: float = 1e-3, ft_lr: float = 0.01,
+                     grad_mode: str = "train", backdoor_ratio: float = 2.0, clean_ratio: float = 1.25,
+                     dormant_fraction: float = 0.1, loss_change_layers=None, loss_change_clips: int | None = None,
+                     dataset: str = "embedded", dataset_root=None, target=None, device: str | None = None,
+                     data_root=None) -> ObservationGrid:
+    """:func:`observation_cells` and, beside them, the model rows: ``model_rows`` ({model:
+    [attacks]}; None: the profile's, none on smoke; none when ``models`` is given, as in notebook
+    90) observed at victim seed ``seeds[0]`` (``seed`` by default) only — the rows' victims
+    exist for one seed — with the same settings but each model's own loss-change layers (its
+    last three)."""
+    cells = observation_cells(profile, seed, seeds, attacks, models, clean_fraction, epochs, mode, r, alpha, lr, ft_lr,
+                              grad_mode, backdoor_ratio, clean_ratio, dormant_fraction, loss_change_layers,
+                              loss_change_clips, dataset, dataset_root, target, device, data_root)
+    prof = get_profile(profile)
+    rows = {} if models else dict(prof.model_rows if model_rows is None else model_rows)
+    for model, row_attacks in rows.items():
+        if isinstance(row_attacks, str) or not row_attacks:
+            raise ValueError(f"model_rows[{model!r}] takes a non-empty list of attacks, got {row_attacks!r}")
+        profile_models(prof, [model])
+        observed_layers(model)
+        for a in row_attacks:
+            ATTACKS.get(a)
+    settings = dataclasses.replace(cells[0].settings, loss_change_layers=None)
+    victim = _victims(prof, dataset, dataset_root, target, device, data_root)
+    first = cells[0].victim.seed
+    return ObservationGrid(tuple(cells), tuple(ObservationCell(victim(first, m, a), settings)
+                                               for m, row_attacks in rows.items() for a in row_attacks))
 
 
 def observed_units(cells: list[ObservationCell]) -> dict[tuple[str, str], int]:
@@ -287,5 +342,6 @@ def observation_results(cells: list[ObservationCell], progress: bool = True) -> 
     return pd.concat(tables, ignore_index=True), pd.DataFrame(stages)
 
 
-__all__ = ["KIND", "NOMINAL_INPUT", "ObservationCell", "ObservationSettings", "STAGES", "default_attacks", "observable",
-           "observation_cells", "observation_results", "observed_layers", "observed_units"]
+__all__ = ["KIND", "NOMINAL_INPUT", "ObservationCell", "ObservationGrid", "ObservationSettings", "STAGES",
+           "default_attacks", "observable", "observation_cells", "observation_grid", "observation_results",
+           "observed_layers", "observed_units"]

@@ -78,29 +78,34 @@ def model_rows_cells(profile: str, device: str | None = None, seed: int = 0, tar
 
 
 def observation_cells(profile: str, device: str | None = None, seed: int = 0, seeds=None, attacks=None, models=None,
-                      clean_fraction: float = 0.05, epochs=None, mode: str = "approx", r: float = 0.05,
+                      model_rows=None, clean_fraction: float = 0.05, epochs=None, mode: str = "approx", r: float = 0.05,
                       alpha: float = 0.7, lr: float = 1e-3, ft_lr: float = 0.01, grad_mode: str = "train",
                       backdoor_ratio: float = 2.0, clean_ratio: float = 1.25, dormant_fraction: float = 0.1,
                       loss_change_layers=None, loss_change_clips=None, target=None, dataset: str = "embedded",
                       dataset_root=None) -> list[Cells]:
-    """Notebook 31's observations (:func:`bdlib.observation_grid.observation_cells`). A model
-    without units to observe (``rnn``) is left out here, with a line saying so: the notebook
-    refuses it itself, and the run's other notebooks still run."""
-    from .observation_grid import observable, observation_cells as build
+    """Notebook 31's observations (:func:`bdlib.observation_grid.observation_grid`: its models and
+    the model rows). A model without units to observe (``rnn``) is left out here, with a line
+    saying so: the notebook refuses it itself, and the run's other notebooks still run."""
+    from .observation_grid import observable, observation_grid
 
-    chosen = profile_models(get_profile(profile), models)
-    kept = [m for m in chosen if observable(m)]
-    if len(kept) < len(chosen):
-        print(f"31_observation_gradients: no units to observe in {', '.join(sorted(set(chosen) - set(kept)))}; "
-              f"the notebook will refuse it", file=sys.stderr)
+    prof = get_profile(profile)
+    chosen = profile_models(prof, models)
+    rows = {} if models else dict(prof.model_rows if model_rows is None else model_rows)
+    dropped = sorted({m for m in (*chosen, *rows) if not observable(m)})
+    if dropped:
+        print(f"31_observation_gradients: no units to observe in {', '.join(dropped)}; the notebook will refuse it",
+              file=sys.stderr)
+    kept = [m for m in chosen if m not in dropped]
     if not kept:
         return []
-    cells = build(profile, seed=seed, seeds=seeds, attacks=attacks, models=kept, clean_fraction=clean_fraction,
-                  epochs=epochs, mode=mode, r=r, alpha=alpha, lr=lr, ft_lr=ft_lr, grad_mode=grad_mode,
-                  backdoor_ratio=backdoor_ratio, clean_ratio=clean_ratio, dormant_fraction=dormant_fraction,
-                  loss_change_layers=loss_change_layers, loss_change_clips=loss_change_clips,
-                  **_data(dataset, dataset_root, target, device))
-    return [Cells.of_dependents("observations", cells)]
+    grid = observation_grid(profile, seed=seed, seeds=seeds, attacks=attacks,
+                            models=kept if models or len(kept) < len(chosen) else None,
+                            model_rows={m: a for m, a in rows.items() if m not in dropped},
+                            clean_fraction=clean_fraction, epochs=epochs, mode=mode, r=r, alpha=alpha, lr=lr, ft_lr=ft_lr, grad_mode=grad_mode,
+                            backdoor_ratio=backdoor_ratio, clean_ratio=clean_ratio, dormant_fraction=dormant_fraction,
+                            loss_change_layers=loss_change_layers, loss_change_clips=loss_change_clips,
+                            **_data(dataset, dataset_root, target, device))
+    return [Cells.of_dependents("observations", list(grid.all))]
 
 
 def budget_cells(profile: str, device: str | None = None, grid=None, attacks=None, n_clean=None, lrs=None,

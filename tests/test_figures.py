@@ -108,7 +108,8 @@ def _gnft_variants() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-EXAMPLES.update({figures.gnft_alpha_r: _gnft_alpha_r, figures.gnft_variants: _gnft_variants})
+EXAMPLES.update({figures.gnft_alpha_r: _gnft_alpha_r, figures.gnft_variants: _gnft_variants,
+                 figures.observation_counts: _observation_ordering})
 
 
 def test_every_drawer_has_an_example_and_the_unit_classes_match_observation():
@@ -368,3 +369,17 @@ def test_ordering_verdicts_read_the_check_back_from_its_csv(tmp_path):
     assert list(figures.ordering_verdicts(back)) == expected
     with pytest.raises(FigureDataError, match="share a cell"):
         figures.draw("31_observation_ordering", pd.concat([frame] * 2))
+
+
+def test_observation_counts_count_layers_per_verdict_and_refuse_a_cell_twice():
+    """Notebook 31's model rows: each (victim, labelling, stage) bar holds one layer per verdict;
+    two models are two victims, not summed."""
+    frame = _observation_ordering()
+    fig = figures.draw("31_observation_models", frame)
+    first = fig.axes[0]  # labelling "class", stage victim: fc1 seeds 0 and 1, conv3 seed 0
+    widths = sorted(p.get_width() for p in first.patches if p.get_width() > 0)
+    assert widths == [1.0, 1.0, 1.0]  # full ordering, backdoor > clean only, backdoor <= clean: one layer each
+    two = pd.concat([frame, frame.assign(model="resnet")], ignore_index=True)
+    assert {"smallcnn / badnets", "resnet / badnets"} <= set(_texts(figures.draw("31_observation_models", two)))
+    with pytest.raises(FigureDataError, match="share a cell"):
+        figures.draw("31_observation_models", pd.concat([frame] * 2))

@@ -255,3 +255,44 @@ def test_ordering_over_seeds_counts_tested_and_held_seeds_per_group():
         ordering_over_seeds(pd.concat([check, check]))
     with pytest.raises(ValueError, match="seed"):
         ordering_over_seeds(check.drop(columns="seed"))
+
+
+class _Residual(torch.nn.Module):
+    """A conv inside a residual block (its output is added to the block's input), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 3, 3, padding=1)
+        self.inner = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        h = F.relu(self.inner(h) + h)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_unit_loss_changes_inside_a_residual_block_prune_one_unit_at_a_time():
+    """The batch expansion cannot pass a residual sum; such a layer is measured one zeroed unit
+    per pass, as the authors' prune_one_neuron does, and agrees with pruning by hand."""
+    import copy
+
+    from bdlib.observation import _expands, unit_loss_changes
+
+    torch.manual_seed(1)
+    net = _Residual().eval()
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 1, 0, 1])
+    assert not _expands(net, net.inner, x[:2])  # its output meets the block's un-expanded input
+    assert _expands(net, net.stem, x[:2]) and _expands(net, net.fc, x[:2])  # everything after them is expanded
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    changes = unit_loss_changes(net, ["stem", "inner", "fc"], x, y, batch_size=2)
+    with torch.no_grad():
+        base = F.cross_entropy(net(x), y).item()
+        for layer in ("stem", "inner", "fc"):
+            for u in range(getattr(net, layer).weight.shape[0]):
+                pruned = copy.deepcopy(net)
+                getattr(pruned, layer).weight[u] = 0.0
+                assert changes[layer][u] == pytest.approx(F.cross_entropy(pruned(x), y).item() - base, abs=1e-5)
+    assert np.abs(changes["inner"]).max() > 1e-4
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -121,3 +121,23 @@ def test_every_parameter_reaches_the_cells_by_name():
         loss_change_clips=33)}
     assert [(c.victim.seed, c.victim.model, c.victim.attack, c.victim.target) for c in cells] == [
         (s, "largecnn", a, "down") for s in (2, 5) for a in ("blended", "pbsm")]
+
+
+def test_the_model_rows_are_observed_at_the_first_seed_with_their_own_loss_change_layers():
+    from bdlib.observation_grid import observation_grid
+
+    grid = observation_grid("default", seed=1, loss_change_clips=64)
+    assert len(grid.cells) == 9 and grid.all == grid.cells + grid.row_cells
+    assert [(c.victim.seed, c.victim.model, c.victim.attack) for c in grid.row_cells] == [
+        (1, m, a) for m in ("lstmatt", "resnet") for a in ("badnets", "blended", "jingleback")]
+    assert {c.settings.loss_change_clips for c in grid.row_cells} == {64}
+    assert observation_grid("default", model_rows={"resnet": ["blended"]}).row_cells[0].victim.model == "resnet"
+    # loss-change layers named for the main models leave the rows to their own (their last three)
+    named = observation_grid("default", loss_change_layers=["conv3", "fc1"])
+    assert {c.settings.loss_change_layers for c in named.row_cells} == {None}
+    assert observation_grid("default", models=["smallcnn"]).row_cells == ()  # models given: no rows (as in 90)
+    assert observation_grid("smoke").row_cells == ()
+    for rows, match in (({"resnet": "blended"}, "non-empty list of attacks"), ({"rnn": ["badnets"]}, "'rnn' has no"),
+                        ({"resnet": ["blend"]}, "valid attacks")):
+        with pytest.raises(ValueError, match=match):
+            observation_grid("default", model_rows=rows)

@@ -40,8 +40,9 @@ def _notebook_setup(stem: str, profile: str, monkeypatch, **parameters) -> dict:
 
 
 def _notebook_cells(stem: str, ns: dict) -> tuple[list, list]:
-    if "cells" in ns:  # the budget notebooks: curve cells
-        return list(dict.fromkeys(c.victim for c in ns["cells"])), ns["cells"]
+    if "cells" in ns:  # the budget notebooks' curves; 31's observations (and its model rows')
+        cells = list(ns["cells"]) + list(ns.get("row_cells", []))
+        return list(dict.fromkeys(c.victim for c in cells)), cells
     return ns["study"].victim_cells(), ns["study"].defense_cells()
 
 
@@ -102,7 +103,7 @@ def test_only_selects_parts_and_a_parameter_a_builder_cannot_take_leaves_the_not
     # the attack and defense notebooks alone, and 45, compute their own (a whole grid would be wasted on them)
     assert plan("default", ["10_attack_badnets", "20_defense_ft", "45_ablation_budget_long"], {}) == []
     assert [(p.label, len(p.victims), len(p.dependents)) for p in plan("default", ["31_observation_gradients"], {})
-            ] == [("observations", 9, 9)]  # three attacks x three seeds
+            ] == [("observations", 15, 15)]  # three attacks x three seeds, and the two model rows' three at seed 0
 
 
 def test_a_victim_shared_by_notebooks_is_one_cell_whatever_the_models():
