@@ -216,16 +216,17 @@ def unit_loss_changes(model: nn.Module, layers: Sequence[str], x: torch.Tensor, 
     The authors' criterion for single neurons (``ft_reg.py``: ``prune_one_neuron`` zeroes a
     row of a ``.weight`` tensor, ``get_loss_change`` measures the loss change on clean data
     (CLC) and on backdoor data (BLC)): as there, only the weight row is zeroed and the bias
-    kept, so the unit's output becomes its bias.
+    kept, so the unit's output becomes its bias; and as there, one forward pass over the clips
+    per zeroed unit, batched exactly as the unpruned pass.
 
-    How, without one forward pass per unit: a forward hook on the layer replaces its output
-    for n clips by C copies (C = its units), copy k with unit k's output set to its bias, so
-    the layers before it run once and only the rest of the network runs C·n times. This
-    needs the rest of the network to treat clips independently (eval mode: BatchNorm uses
-    running statistics, no dropout) *and* to take nothing from before the layer but its
-    output. A layer inside a residual block fails the second (the block adds its un-expanded
-    input), which one expanded clip shows; such a layer is measured as the authors do, one
-    forward pass per zeroed unit. ``batch_size`` bounds a pass's batch (copies × clips).
+    Why not a faster form: until stop 37 the layer's output was expanded into one copy per unit
+    in a single pass. The copies were batched otherwise than the unpruned pass, so a unit whose
+    zeroing changes nothing got float32 rounding (≈ 1e-8) instead of 0, and a backdoored
+    model's loss on triggered clips is itself that small, so BLC's sign — which decides the
+    class — was partly rounding; it also needed the rest of the network to carry the copies
+    (not through a residual sum or an attention over an un-expanded sequence). Here an
+    unchanged output gives exactly 0 (dormant), for any architecture; the cost is units ×
+    passes (≈ 10 s for a SmallCNN victim's last three layers on 128 clips).
     """
     y = torch.as_tensor(y, dtype=torch.long)
     if len(x) != len(y):
@@ -240,63 +241,15 @@ def unit_loss_changes(model: nn.Module, layers: Sequence[str], x: torch.Tensor, 
         return sum(F.cross_entropy(model(x[i]), y[i], reduction="sum").item()
                    for i in _chunks(len(x), batch_size)) / len(x)
 
-    out = {}
     try:
         with torch.no_grad():
             base = mean_loss()
-            for name, m in modules.items():
-                if _expands(model, m, x[:2]):
-                    out[name] = _expanded_losses(model, m, x, y, batch_size) - base
-                else:
-                    out[name] = _zeroed_losses(m, mean_loss) - base
+            return {name: _zeroed_losses(m, mean_loss) - base for name, m in modules.items()}
     finally:
         model.train(was_training)
-    return out
 
 
-def _expansion_hook(m: nn.Module):
-    """A forward hook that turns the layer's output for n clips into C copies (C: its units),
-    copy k with unit k's output set to its bias."""
-    units = m.weight.shape[0]
-
-    def expand(_module, _inputs, output):
-        bias = m.bias if m.bias is not None else torch.zeros(units, device=output.device)
-        copies = output.unsqueeze(0).repeat(units, *([1] * output.dim()))  # (C, n, C, ...)
-        k = torch.arange(units, device=output.device)
-        copies[k, :, k] = bias.view(units, *([1] * (output.dim() - 1))).to(output.dtype)
-        return copies.reshape(units * output.shape[0], *output.shape[1:])
-
-    return expand
-
-
-def _expands(model: nn.Module, m: nn.Module, few: torch.Tensor) -> bool:
-    """Whether the rest of the network carries an expanded output of ``m`` through, one logit
-    row per copy, tried on ``few`` clips (two: with one, a residual sum would broadcast the
-    block's input over the copies and pass): false where it mixes in what came before ``m``
-    (a residual sum then fails on the shapes) or pools over the batch."""
-    handle = m.register_forward_hook(_expansion_hook(m))
-    try:
-        return model(few).shape[0] == m.weight.shape[0] * len(few)
-    except RuntimeError:
-        return False
-    finally:
-        handle.remove()
-
-
-def _expanded_losses(model: nn.Module, m: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
-                     ) -> np.ndarray:
-    units = m.weight.shape[0]
-    totals = torch.zeros(units, dtype=torch.float64)
-    handle = m.register_forward_hook(_expansion_hook(m))
-    try:
-        for i in _chunks(len(x), max(1, batch_size // units)):
-            losses = F.cross_entropy(model(x[i]), y[i].repeat(units), reduction="none")
-            totals += losses.view(units, len(i)).sum(1).double().cpu()
-    finally:
-        handle.remove()
-    return (totals / len(x)).numpy()
-
-
+@torch.no_grad()
 def _zeroed_losses(m: nn.Module, mean_loss) -> np.ndarray:
     """``mean_loss()`` with each weight row of ``m`` zeroed in turn (restored after each)."""
     losses = np.zeros(m.weight.shape[0])
@@ -438,7 +391,7 @@ def ordering_over_seeds(check: pd.DataFrame, by: Sequence[str] = ("attack", "sta
 
     Why across seeds: one victim's counts move with its training. Notebook 31's seeds 0, 1
     and 2 gave backdoor > clean in 8 of 9, 5 of 7 and 6 of 8 groups under the activation rule,
-    and 7 of 7, 2 of 6 and 5 of 6 under the authors' loss-change labelling, so a claim about
+    and 7 of 7, 3 of 6 and 5 of 6 under the authors' loss-change labelling (one pass per pruned unit, stop 37), so a claim about
     the ordering is read per group over several victims, not from one."""
     missing = [c for c in (*by, "seed", "holds", "backdoor_gt_clean") if c not in check.columns]
     if missing:

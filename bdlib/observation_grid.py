@@ -279,7 +279,7 @@ def _victims(prof: Profile, dataset, dataset_root, target, device, data_root):
 class ObservationGrid:
     """Notebook 31's cells: ``cells``, the victims of its ``models`` over its seeds, and
     ``row_cells``, the profile's model rows (other architectures on a few attacks, as notebook
-    90 shows them) at the first seed."""
+    90 shows them) at one seed."""
 
     cells: tuple[ObservationCell, ...]
     row_cells: tuple[ObservationCell, ...]
@@ -298,9 +298,9 @@ def observation_grid(profile: str | Profile = "default", seed: int = 0, seeds=No
                      data_root=None) -> ObservationGrid:
     """:func:`observation_cells` and, beside them, the model rows: ``model_rows`` ({model:
     [attacks]}; None: the profile's, none on smoke; none when ``models`` is given, as in notebook
-    90) observed at victim seed ``seeds[0]`` (``seed`` by default) only — the rows' victims
-    exist for one seed — with the same settings but each model's own loss-change layers (its
-    last three)."""
+    90) observed at victim seed ``seed`` only — notebook 90's row victims, with their FT and
+    GN-FT runs — with the same settings but each model's own loss-change layers (its last
+    three)."""
     cells = observation_cells(profile, seed, seeds, attacks, models, clean_fraction, epochs, mode, r, alpha, lr, ft_lr,
                               grad_mode, backdoor_ratio, clean_ratio, dormant_fraction, loss_change_layers,
                               loss_change_clips, dataset, dataset_root, target, device, data_root)
@@ -315,8 +315,7 @@ def observation_grid(profile: str | Profile = "default", seed: int = 0, seeds=No
             ATTACKS.get(a)
     settings = dataclasses.replace(cells[0].settings, loss_change_layers=None)
     victim = _victims(prof, dataset, dataset_root, target, device, data_root)
-    first = cells[0].victim.seed
-    return ObservationGrid(tuple(cells), tuple(ObservationCell(victim(first, m, a), settings)
+    return ObservationGrid(tuple(cells), tuple(ObservationCell(victim(seed, m, a), settings)
                                                for m, row_attacks in rows.items() for a in row_attacks))
 
 

@@ -376,9 +376,14 @@ def test_observation_counts_count_layers_per_verdict_and_refuse_a_cell_twice():
     two models are two victims, not summed."""
     frame = _observation_ordering()
     fig = figures.draw("31_observation_models", frame)
+    from matplotlib.colors import to_hex
+
     first = fig.axes[0]  # labelling "class", stage victim: fc1 seeds 0 and 1, conv3 seed 0
-    widths = sorted(p.get_width() for p in first.patches if p.get_width() > 0)
-    assert widths == [1.0, 1.0, 1.0]  # full ordering, backdoor > clean only, backdoor <= clean: one layer each
+    colour = {to_hex(h.get_facecolor()): h.get_label() for h in fig.legends[0].get_patches()}
+    bars = {colour[to_hex(p.get_facecolor())]: p.get_width() for p in first.patches if p.get_width() > 0}
+    assert bars == {"backdoor > hybrid > clean": 1.0, "backdoor > clean only": 1.0, "backdoor ≤ clean": 1.0}
+    after_ft = {colour[to_hex(p.get_facecolor())]: p.get_width() for p in fig.axes[1].patches if p.get_width() > 0}
+    assert after_ft == {"untestable": 1.0, "backdoor > clean only": 1.0}
     two = pd.concat([frame, frame.assign(model="resnet")], ignore_index=True)
     assert {"smallcnn / badnets", "resnet / badnets"} <= set(_texts(figures.draw("31_observation_models", two)))
     with pytest.raises(FigureDataError, match="share a cell"):

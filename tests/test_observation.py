@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bdlib.observation import (SMALLCNN_LAYERS, classify_units, observation_table, ordering_check, ordering_summary,
-                               unit_activations, unit_gradient_norms)
+                               unit_activations, unit_gradient_norms, unit_loss_changes)
 
 
 class Tiny(nn.Module):
@@ -177,8 +177,6 @@ def test_smallcnn_layers_have_the_expected_units():
 def test_unit_loss_changes_match_pruning_by_hand_and_restore_the_model():
     import copy
 
-    from bdlib.observation import unit_loss_changes
-
     net = tiny().eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x, y = torch.randn(7, 1, 4, 4), torch.tensor([0, 1, 1, 0, 1, 0, 0])
@@ -272,27 +270,90 @@ class _Residual(torch.nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def test_unit_loss_changes_inside_a_residual_block_prune_one_unit_at_a_time():
-    """The batch expansion cannot pass a residual sum; such a layer is measured one zeroed unit
-    per pass, as the authors' prune_one_neuron does, and agrees with pruning by hand."""
+def _pruned_by_hand(net, layers, x, y):
     import copy
 
-    from bdlib.observation import _expands, unit_loss_changes
-
-    torch.manual_seed(1)
-    net = _Residual().eval()
-    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 1, 0, 1])
-    assert not _expands(net, net.inner, x[:2])  # its output meets the block's un-expanded input
-    assert _expands(net, net.stem, x[:2]) and _expands(net, net.fc, x[:2])  # everything after them is expanded
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    changes = unit_loss_changes(net, ["stem", "inner", "fc"], x, y, batch_size=2)
     with torch.no_grad():
         base = F.cross_entropy(net(x), y).item()
-        for layer in ("stem", "inner", "fc"):
+        out = {}
+        for layer in layers:
+            changes = []
             for u in range(getattr(net, layer).weight.shape[0]):
                 pruned = copy.deepcopy(net)
                 getattr(pruned, layer).weight[u] = 0.0
-                assert changes[layer][u] == pytest.approx(F.cross_entropy(pruned(x), y).item() - base, abs=1e-5)
+                changes.append(F.cross_entropy(pruned(x), y).item() - base)
+            out[layer] = np.array(changes)
+    return out
+
+
+def test_unit_loss_changes_inside_a_residual_block_agree_with_pruning_by_hand():
+    """A layer whose output meets a residual shortcut (where a batched shortcut for all units at
+    once would not pass) is scored like any other: one zeroed unit per pass."""
+    torch.manual_seed(1)
+    net = _Residual().eval()
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 1, 0, 1])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    changes = unit_loss_changes(net, ["stem", "inner", "fc"], x, y, batch_size=2)
+    expected = _pruned_by_hand(net, ["stem", "inner", "fc"], x, y)
+    for layer in expected:
+        np.testing.assert_allclose(changes[layer], expected[layer], atol=1e-5)
     assert np.abs(changes["inner"]).max() > 1e-4
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class _BatchStats(torch.nn.Module):
+    """A layer followed by normalisation over the batch in eval mode: copies of the layer's
+    output for every unit, batched together, would be normalised with each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(4, 3)
+        self.norm = torch.nn.BatchNorm1d(3, track_running_stats=False)
+        self.fc2 = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.norm(self.fc1(x))))
+
+
+class _PerStep(torch.nn.Module):
+    """A linear layer on a sequence (its output is (clips, steps, units)): the unit axis is not
+    the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 3)
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.proj(x)).mean(1))
+
+
+@pytest.mark.parametrize("net,shape", [(_BatchStats, (6, 4)), (_PerStep, (6, 5, 4))])
+def test_layers_a_batched_shortcut_would_get_wrong_agree_with_pruning_by_hand(net, shape):
+    torch.manual_seed(2)
+    net, x = net().eval(), torch.randn(*shape)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    layer = next(iter(dict(net.named_children())))
+    changes = unit_loss_changes(net, [layer], x, y, batch_size=12)
+    np.testing.assert_allclose(changes[layer], _pruned_by_hand(net, [layer], x, y)[layer], atol=1e-5)
+
+
+def test_a_unit_whose_pruning_changes_nothing_is_dormant():
+    """A dead ReLU unit (its pre-activation -1 on every clip): zeroing it changes nothing,
+    so both loss changes are exactly 0 (the pruned pass is batched as the unpruned one), not
+    rounding noise whose sign would pick its class."""
+    from bdlib.observation import classify_by_loss_change
+
+    torch.manual_seed(3)
+    net = tiny().eval()
+    with torch.no_grad():
+        net.fc1.weight[2] = 0.0  # unit 2's pre-activation is its bias, -1: it never fires
+        net.fc1.bias[2] = -1.0
+    x, y = torch.rand(7, 1, 4, 4), torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    clean = unit_loss_changes(net, ["fc1"], x, y, batch_size=64)["fc1"]
+    backdoor = unit_loss_changes(net, ["fc1"], x, torch.zeros(7, dtype=torch.long), batch_size=64)["fc1"]
+    assert clean[2] == 0.0 and backdoor[2] == 0.0
+    assert classify_by_loss_change(clean, backdoor)[2] == "dormant"
+    np.testing.assert_allclose(clean, _pruned_by_hand(net, ["fc1"], x, y)["fc1"], atol=1e-5)
+    assert np.count_nonzero(clean) >= 2  # the live units keep their changes

@@ -123,7 +123,7 @@ def test_every_parameter_reaches_the_cells_by_name():
         (s, "largecnn", a, "down") for s in (2, 5) for a in ("blended", "pbsm")]
 
 
-def test_the_model_rows_are_observed_at_the_first_seed_with_their_own_loss_change_layers():
+def test_the_model_rows_are_observed_at_the_run_seed_with_their_own_loss_change_layers():
     from bdlib.observation_grid import observation_grid
 
     grid = observation_grid("default", seed=1, loss_change_clips=64)
@@ -132,6 +132,7 @@ def test_the_model_rows_are_observed_at_the_first_seed_with_their_own_loss_chang
         (1, m, a) for m in ("lstmatt", "resnet") for a in ("badnets", "blended", "jingleback")]
     assert {c.settings.loss_change_clips for c in grid.row_cells} == {64}
     assert observation_grid("default", model_rows={"resnet": ["blended"]}).row_cells[0].victim.model == "resnet"
+    assert {c.victim.seed for c in observation_grid("default", seeds=[2, 5]).row_cells} == {0}  # notebook 90's seed
     # loss-change layers named for the main models leave the rows to their own (their last three)
     named = observation_grid("default", loss_change_layers=["conv3", "fc1"])
     assert {c.settings.loss_change_layers for c in named.row_cells} == {None}

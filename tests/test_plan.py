@@ -50,6 +50,8 @@ def _notebook_cells(stem: str, ns: dict) -> tuple[list, list]:
 @pytest.mark.parametrize("stem,parameters", [
     ("31_observation_gradients", {}),
     ("31_observation_gradients", {"seed": 1, "attacks": ["blended"], "backdoor_ratio": 3.0, "models": ["resnet"]}),
+    ("31_observation_gradients", {"seed": 3, "seeds": [2, 5], "model_rows": {"resnet": ["blended"]},
+                                  "loss_change_layers": ["conv3", "fc1"]}),
     ("31_observation_gradients", {  # every parameter distinct from its default and from the others
         "seed": 1, "seeds": [2, 5], "attacks": ["blended", "pbsm"], "models": ["largecnn"], "clean_fraction": 0.04,
         "epochs": 7, "mode": "exact", "r": 0.02, "alpha": 0.6, "lr": 2e-3, "ft_lr": 0.02, "grad_mode": "eval",
