@@ -84,27 +84,24 @@ def observation_cells(profile: str, device: str | None = None, seed: int = 0, se
                       loss_change_layers=None, loss_change_clips=None, target=None, dataset: str = "embedded",
                       dataset_root=None) -> list[Cells]:
     """Notebook 31's observations (:func:`bdlib.observation_grid.observation_grid`: its models and
-    the model rows). A model without units to observe (``rnn``) is left out here, with a line
-    saying so: the notebook refuses it itself, and the run's other notebooks still run."""
+    the model rows). With a model that has no units to observe (``rnn``) the notebook refuses
+    to run, so none of its cells is computed here; a line says so, and the run's other notebooks
+    still run."""
     from .observation_grid import observable, observation_grid
 
     prof = get_profile(profile)
-    chosen = profile_models(prof, models)
-    rows = {} if models else dict(prof.model_rows if model_rows is None else model_rows)
-    dropped = sorted({m for m in (*chosen, *rows) if not observable(m)})
-    if dropped:
-        print(f"31_observation_gradients: no units to observe in {', '.join(dropped)}; the notebook will refuse it",
+    rows = {} if models else (prof.model_rows if model_rows is None else model_rows)
+    shown = (*profile_models(prof, models), *rows)
+    refused = sorted({m for m in shown if not observable(m)})
+    if refused:
+        print(f"31_observation_gradients: no units to observe in {', '.join(refused)}; the notebook will refuse it",
               file=sys.stderr)
-    kept = [m for m in chosen if m not in dropped]
-    if not kept:
         return []
-    grid = observation_grid(profile, seed=seed, seeds=seeds, attacks=attacks,
-                            models=kept if models or len(kept) < len(chosen) else None,
-                            model_rows={m: a for m, a in rows.items() if m not in dropped},
-                            clean_fraction=clean_fraction, epochs=epochs, mode=mode, r=r, alpha=alpha, lr=lr, ft_lr=ft_lr, grad_mode=grad_mode,
-                            backdoor_ratio=backdoor_ratio, clean_ratio=clean_ratio, dormant_fraction=dormant_fraction,
-                            loss_change_layers=loss_change_layers, loss_change_clips=loss_change_clips,
-                            **_data(dataset, dataset_root, target, device))
+    grid = observation_grid(profile, seed=seed, seeds=seeds, attacks=attacks, models=models, model_rows=model_rows,
+                            clean_fraction=clean_fraction, epochs=epochs, mode=mode, r=r, alpha=alpha, lr=lr,
+                            ft_lr=ft_lr, grad_mode=grad_mode, backdoor_ratio=backdoor_ratio, clean_ratio=clean_ratio,
+                            dormant_fraction=dormant_fraction, loss_change_layers=loss_change_layers,
+                            loss_change_clips=loss_change_clips, **_data(dataset, dataset_root, target, device))
     return [Cells.of_dependents("observations", list(grid.all))]
 
 

@@ -80,13 +80,15 @@ def test_a_model_without_units_is_refused_before_anything_is_computed(capsys):
         observation_cells("smoke", models=["smallcnn", "rnn"])
     with pytest.raises(ValueError, match=r"loss_change_layers \['fc9'\] are not unit layers of 'smallcnn'"):
         observation_cells("smoke", loss_change_layers=["fc9"])
-    # `bdlib run` leaves the model out of the plan, says so, and the notebook refuses it itself
+    # `bdlib run` computes nothing for a notebook that will refuse to run, says so, and runs the others
     from bdlib.plan import plan
 
-    parts = plan("smoke", ["31_observation_gradients"], {"models": ["smallcnn", "rnn"]})
-    assert [(p.label, {c.victim.model for c in p.dependents}) for p in parts] == [("observations", {"smallcnn"})]
+    assert plan("smoke", ["31_observation_gradients"], {"models": ["smallcnn", "rnn"]}) == []
     assert "no units to observe in rnn" in capsys.readouterr().err
-    assert plan("smoke", ["31_observation_gradients"], {"models": ["rnn"]}) == []
+    assert plan("default", ["31_observation_gradients"], {"model_rows": {"rnn": ["badnets"]}}) == []
+    assert "no units to observe in rnn" in capsys.readouterr().err
+    assert [p.label for p in plan("smoke", ["31_observation_gradients", "50_main_table"], {"models": ["rnn"]})] == [
+        "the main table"]
 
 
 @pytest.mark.parametrize("bad,match", [
