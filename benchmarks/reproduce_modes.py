@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _mode_env(mode: str) -> tuple[list[str], dict]:
+def mode_env(mode: str) -> tuple[list[str], dict]:
     if mode == "serial":
         return ["--serial"], {}
     m = re.fullmatch(r"dask(\d+)", mode)
@@ -51,7 +51,7 @@ def run_mode(mode: str, profile: str, data: Path, embedded: Path | None, only: s
     data.mkdir(parents=True)
     if embedded is not None:
         shutil.copytree(embedded, data / "embedded")
-    args, extra = _mode_env(mode)
+    args, extra = mode_env(mode)
     env = with_allocator_env({**os.environ, "BDLIB_DATA": str(data), **extra})
     cmd = [sys.executable, "-m", "bdlib", "run", "--profile", profile, "--output-dir", str(data / "notebooks"), *args,
            *(["--only", only] if only else [])]
@@ -79,7 +79,7 @@ def main() -> None:
     from bdlib.paths import data_root
 
     for mode in a.modes:
-        _mode_env(mode)  # a bad mode fails before anything runs
+        mode_env(mode)  # a bad mode fails before anything runs
     embedded = a.embedded or data_root() / "embedded"
     embedded = embedded if embedded.is_dir() else None
     base = Path(tempfile.mkdtemp(prefix="bdlib-modes-", dir=a.keep))
