@@ -157,12 +157,35 @@ def test_ftsam_adaptive_step_is_a_unit_ball_in_weight_relative_coordinates():
     assert any(not torch.allclose(a, b) for a, b in zip(got, plain))
 
 
-def test_ftsam_defends_and_keeps_architecture():
+def test_ftsam_defends_and_keeps_architecture(monkeypatch):
+    """Every step is the SAM step with FT-SAM's own knobs: radius rho, the whole perturbed-point
+    gradient (alpha 1), the ASAM ball only when adaptive, and label smoothing in the loss."""
+    import bdlib.defenses.ftsam as ftsam
+
     clean = _clean()
     net = _trained_net(clean)
-    out = make_defense("ftsam", epochs=2, batch_size=20).defend(copy.deepcopy(net), clean, progress=False)
-    assert list(out.state_dict()) == list(net.state_dict())
-    assert out(clean.features[:2]).shape == (2, 10)
+    calls = []
+
+    def spy(model, x, y, **kw):
+        calls.append(kw)
+        return approx_gradient(model, x, y, **kw)
+
+    monkeypatch.setattr(ftsam, "approx_gradient", spy)
+    weights = {}
+    for adaptive in (True, False):
+        calls.clear()
+        out = make_defense("ftsam", epochs=2, batch_size=20, rho=0.7, adaptive=adaptive,
+                           label_smoothing=0.2).defend(copy.deepcopy(net), clean, progress=False)
+        assert list(out.state_dict()) == list(net.state_dict())
+        assert out(clean.features[:2]).shape == (2, 10)
+        assert len(calls) == 2 * -(-len(clean) // 20)  # one SAM gradient per step
+        assert {(kw["r"], kw["alpha"], kw["norm"]) for kw in calls} == {(0.7, 1.0, "adaptive" if adaptive else "global")}
+        logits, target = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+        assert calls[0]["loss_fn"](logits, target).item() == pytest.approx(
+            F.cross_entropy(logits, target, label_smoothing=0.2).item())
+        weights[adaptive] = [p.detach().clone() for p in out.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(weights[adaptive], net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(weights[True], weights[False]))
 
 
 def test_clp_prunes_the_outlier_channel_without_data():

@@ -163,10 +163,7 @@ KNOWN = {("ftsam", "largecnn"): WHY, ("tsbd", "largecnn"): WHY}
 def _cases():
     for model in MODELS:
         for defense, extra in CASES:
-            why = KNOWN.get((defense, model)) if not extra else None
-            marks = [pytest.mark.xfail(reason=why, strict=True, raises=AssertionError)] if why else []
-            yield pytest.param(model, defense, extra, marks=marks,
-                               id="-".join([model, defense, *map(str, extra.values())]))
+            yield pytest.param(model, defense, extra, id="-".join([model, defense, *map(str, extra.values())]))
 
 
 @pytest.mark.parametrize("model,defense,extra", list(_cases()))
@@ -196,7 +193,11 @@ def test_every_defense_on_every_model_runs_or_refuses_naming_the_missing_part(mo
     logits = out.eval()(clean.features)
     assert logits.shape == (len(clean), CLASSES) and torch.isfinite(logits).all()
     # a collapsed model predicts one class (1/3); these budgets leave little room to recover from pruning
-    assert _accuracy(out, test) >= 0.6, f"{defense} on {model}: clean accuracy {_accuracy(out, test):.2f} (chance 0.33)"
+    acc = _accuracy(out, test)
+    if (defense, model) in KNOWN and not extra:  # every check above still holds; only the accuracy is known to fail
+        assert acc < 0.6, f"{defense} on {model} no longer collapses ({acc:.2f}): remove it from KNOWN"
+        return
+    assert acc >= 0.6, f"{defense} on {model}: clean accuracy {acc:.2f} (chance 0.33)"
 
 
 def test_nad_refuses_a_beta_count_that_does_not_match_the_declared_maps():

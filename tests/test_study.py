@@ -323,8 +323,12 @@ def test_refusal_is_decided_without_training_naming_defense_model_and_part():
     assert refusal("ft", {"epochs": 1}, "rnn", (26, 13), 3) is None
     assert "3 betas for 2 attention layers" in refusal("nad", {}, "lstmatt", (26, 13), 3)  # refused for its knobs
     assert torch.equal(torch.get_rng_state(), before), "refusal moved the global RNG"
-    with pytest.raises(Exception, match="lr"):  # a bad knob is an error, never "not applicable"
+    from bdlib.models.contract import DefenseNotApplicable
+    from bdlib.registry import InvalidFieldError
+
+    with pytest.raises(InvalidFieldError, match=r"^ft defense: field lr = -1.0 is invalid") as bad:
         refusal("ft", {"lr": -1.0}, "rnn", (26, 13), 3)
+    assert not isinstance(bad.value, DefenseNotApplicable)  # a bad knob is an error, never "not applicable"
 
 
 def test_refusal_asks_the_declared_check_and_never_runs_the_defense(monkeypatch):
