@@ -132,9 +132,8 @@ def piece_table(data: Path):
                      f"{(end - begin).total_seconds():.0f} s, {len(mine)} step(s) finished")
     if carried:
         totals["(unfinished)"] = carried
-    table = pd.DataFrame({"step": list(totals), "seconds": list(totals.values())})
-    table.loc[len(table)] = ["sum of steps", table.seconds.sum()]
-    return lines, table
+    rows = [*totals.items(), ("sum of steps", sum(totals.values()))]
+    return lines, pd.DataFrame(rows, columns=["step", "seconds"])
 
 
 def report(data: Path) -> None:
