@@ -133,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
             except re.error as exc:
                 raise ValueError(f"--only {args.only!r} is not a regular expression: {exc}") from None
         if args.cmd == "run":
-            from .runner import run_all
-
             if args.jobs < 1:
                 raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
 
@@ -154,22 +152,20 @@ def main(argv: list[str] | None = None) -> int:
 
                 for m in parameters["models"]:
                     MODELS.get(m)  # a misspelt model fails before the study and the notebooks, naming the valid ones
-            from .timings import new_run_id
+            from .timings import mark, new_run_id
 
             run_id = new_run_id()
             if args.target is not None:
                 parameters["target"] = args.target
-            if not args.no_study:
-                try:
-                    _notebook_cells(args, parameters, run_id)
-                except KeyboardInterrupt:
-                    print("\nINTERRUPTED while computing the notebooks' cells: every cell that finished is stored "
-                          "(a cell in flight is not, and nothing half-written is read); run the same command again "
-                          "to go on from there. No notebook was executed.", file=sys.stderr)
-                    return 130
-            return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
-                           parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs,
-                           run_id=run_id)
+            # a start and an end marker: a run killed outright (a time limit) shows as such in `timings --runs`
+            mark("start", run=run_id, profile=args.profile, dataset=args.dataset, command=" ".join(sys.argv[1:]))
+            try:
+                rc = _run(args, parameters, run_id)
+            except BaseException as exc:
+                mark("end", run=run_id, rc=None, error=type(exc).__name__)
+                raise
+            mark("end", run=run_id, rc=rc)
+            return rc
         if args.cmd == "study":
             _study(args, seeds=args.seeds)
             return 0
@@ -194,6 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _run(args, parameters: dict, run_id: str) -> int:
+    """``run`` after its checks: every notebook's cells (unless ``--no-study``), then the notebooks."""
+    from .runner import run_all
+
+    if not args.no_study:
+        try:
+            _notebook_cells(args, parameters, run_id)
+        except KeyboardInterrupt:
+            print("\nINTERRUPTED while computing the notebooks' cells: every cell that finished is stored "
+                  "(a cell in flight is not, and nothing half-written is read); run the same command again "
+                  "to go on from there. No notebook was executed.", file=sys.stderr)
+            return 130
+    return run_all(args.profile, args.seed, args.output_dir, args.only, args.log_output,
+                   parameters=parameters, dataset=args.dataset, dataset_root=args.dataset_root, jobs=args.jobs,
+                   run_id=run_id)
 
 
 def _store(args) -> int:
@@ -232,7 +245,7 @@ def _figures(args) -> int:
 
 
 def _timings(args) -> int:
-    from .timings import read_timings, run_table, timings_path
+    from .timings import read_timings, run_summary, run_table, timings_path
 
     frame = read_timings()
     if frame.attrs["skipped"]:
@@ -241,9 +254,7 @@ def _timings(args) -> int:
         print(f"no timings recorded yet in {timings_path()}: `python -m bdlib run` records one line per step")
         return 0
     if args.runs:
-        runs = frame.groupby("run", sort=False).agg(steps=("step", "size"), total_s=("seconds", "sum"),
-                                                    ended=("finished", "last"))
-        print(runs.round(1).to_string())
+        print(run_summary().round(1).to_string())
         return 0
     table = run_table(frame, args.run)
     cols = [c for c in ("step", "seconds", "cumulative_s", "finished", "profile", "dataset", "jobs", "cores")

@@ -12,6 +12,11 @@ A line holds the run's id (one per invocation of ``bdlib run``), the step, its w
 when it finished, the machine's core count, and the run's profile, data source, seed and
 ``jobs``. Whether a step computed its results or read them from the store is not recorded:
 time a run from an empty store with a fresh ``BDLIB_DATA`` (or after ``make clean-data``).
+
+A run also marks its start and, when it exits, its end and exit status (``event`` lines, which
+are not steps). A run killed outright (a session's or a job's time limit, SIGKILL) has a start
+and no end: :func:`run_summary` says so, with its last finished step, so a cut run is told
+from a finished one; running the same command again goes on from the store.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import pandas as pd
 from .paths import data_root
 
 FILE = "timings.jsonl"
+#: the markers a run leaves beside its steps
+EVENTS = ("start", "end")
 
 
 def timings_path(root: Path | None = None) -> Path:
@@ -41,24 +48,36 @@ def new_run_id() -> str:
 def record(step: str, seconds: float, *, run: str, path: Path | None = None, **context) -> dict:
     """Append one step's time as a JSON line (written with a single ``write`` call, so
     concurrent runs never split each other's lines) and return the row."""
-    path = timings_path() if path is None else Path(path)
+    row = {"run": run, "step": step, "seconds": round(float(seconds), 3), "finished": _now(),
+           "cores": os.cpu_count(), **context}
+    _append(timings_path() if path is None else Path(path), row)
+    return row
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = {"run": run, "step": step, "seconds": round(float(seconds), 3),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cores": os.cpu_count(), **context}
     line = (json.dumps(row, sort_keys=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def mark(event: str, *, run: str, path: Path | None = None, **context) -> dict:
+    """Append a run's ``start`` or ``end`` marker (``end`` with the exit status as ``rc``)."""
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {', '.join(EVENTS)}, got {event!r}")
+    row = {"run": run, "event": event, "at": _now(), "cores": os.cpu_count(), **context}
+    _append(timings_path() if path is None else Path(path), row)
     return row
 
 
-def read_timings(path: Path | None = None) -> pd.DataFrame:
-    """Every recorded step as a table (empty, with the key columns, when nothing is recorded).
-    A line that does not parse (a run killed mid-write on a full disk) is skipped and counted
-    in ``frame.attrs["skipped"]``."""
-    path = timings_path() if path is None else Path(path)
+def _lines(path: Path) -> tuple[list[dict], int]:
     rows, skipped = [], 0
     if path.exists():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -67,13 +86,45 @@ def read_timings(path: Path | None = None) -> pd.DataFrame:
             except json.JSONDecodeError:
                 skipped += 1
                 continue
-            if isinstance(row, dict) and {"run", "step", "seconds"} <= set(row):
+            if isinstance(row, dict) and ({"run", "step", "seconds"} <= set(row) or {"run", "event"} <= set(row)):
                 rows.append(row)
             else:
                 skipped += 1
+    return rows, skipped
+
+
+def read_timings(path: Path | None = None) -> pd.DataFrame:
+    """Every recorded step as a table (empty, with the key columns, when nothing is recorded).
+    A line that does not parse (a run killed mid-write on a full disk) is skipped and counted
+    in ``frame.attrs["skipped"]``; a run's start and end markers are not steps."""
+    rows, skipped = _lines(timings_path() if path is None else Path(path))
+    rows = [r for r in rows if "event" not in r]
     frame = pd.DataFrame(rows, columns=None if rows else ["run", "step", "seconds", "finished"])
     frame.attrs["skipped"] = skipped
     return frame
+
+
+def run_summary(path: Path | None = None) -> pd.DataFrame:
+    """One row per recorded run, in the order they started: when it started, its finished
+    steps and their total, the last step's end, and how it ended (``exited N``, or ``no end
+    recorded``: killed, or still running). Runs recorded before the markers existed show
+    no start."""
+    rows, _ = _lines(timings_path() if path is None else Path(path))
+    runs: dict[str, dict] = {}
+    for r in rows:
+        run = runs.setdefault(r["run"], {"run": r["run"], "started": None, "steps": 0, "total_s": 0.0,
+                                          "last_step": None, "ended": "no end recorded (killed, or still running)"})
+        if r.get("event") == "start":
+            run["started"] = r["at"]
+        elif r.get("event") == "end":
+            how = f"failed ({r['error']})" if r.get("error") else f"exited {r.get('rc')}"
+            run["ended"] = f"{how} at {r['at']}"
+        else:
+            run["steps"] += 1
+            run["total_s"] += float(r["seconds"])
+            run["last_step"] = r.get("finished")
+    return pd.DataFrame(list(runs.values()),
+                        columns=["run", "started", "steps", "total_s", "last_step", "ended"]).set_index("run")
 
 
 def run_table(frame: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
@@ -89,4 +140,4 @@ def run_table(frame: pd.DataFrame, run: str | None = None) -> pd.DataFrame:
     return t.assign(cumulative_s=t["seconds"].cumsum().round(1))
 
 
-__all__ = ["FILE", "new_run_id", "read_timings", "record", "run_table", "timings_path"]
+__all__ = ["EVENTS", "FILE", "mark", "new_run_id", "read_timings", "record", "run_summary", "run_table", "timings_path"]

@@ -143,6 +143,10 @@ def test_cli_run_computes_the_cells_of_the_notebooks_it_runs(monkeypatch, tmp_pa
     # a parameter no notebook defines fails before anything is computed
     assert cli.main(["run", "--profile", "smoke", "--only", "^50_", "-p", "rates=[0.1]"]) == 2
     assert len(computed) == 1
+    from bdlib.timings import run_summary, timings_path
+
+    ended = [e.split(" at ")[0] for e in run_summary(timings_path(tmp_path)).ended]
+    assert ended == ["exited 0", "exited 0", "failed (ParameterError)"]  # each run's start and end are marked
 
 
 def test_an_interrupted_cells_step_says_what_is_kept_and_runs_no_notebook(monkeypatch, tmp_path, capsys):
@@ -158,6 +162,10 @@ def test_an_interrupted_cells_step_says_what_is_kept_and_runs_no_notebook(monkey
     monkeypatch.setenv("BDLIB_DATA", str(tmp_path))
     assert cli.main(["run", "--profile", "smoke", "--only", "^50_"]) == 130
     assert ran == [] and "every cell that finished is stored" in capsys.readouterr().err
+    from bdlib.timings import run_summary, timings_path
+
+    runs = run_summary(timings_path(tmp_path))
+    assert len(runs) == 1 and runs.ended.iloc[0].startswith("exited 130 at ") and runs.started.notna().all()
 
 
 def test_cli_run_builds_the_cells_from_the_parameters_the_notebooks_get(monkeypatch, tmp_path):

@@ -98,3 +98,23 @@ def test_cli_prints_the_latest_run_and_the_list_of_runs(tmp_path, monkeypatch, c
     assert "r1" in out and "r2" in out and "105.0" in out
     assert main(["timings", "--run", "nope"]) == 2
     assert "no run 'nope' recorded" in capsys.readouterr().err
+
+
+def test_a_run_killed_outright_shows_no_end_and_its_markers_are_not_steps(tmp_path):
+    path = tmp_path / "t.jsonl"
+    timings.mark("start", run="a", path=path, profile="smoke")
+    timings.record("cells: the main table", 40.0, run="a", path=path)
+    timings.record("01_data", 3.0, run="a", path=path)
+    timings.mark("end", run="a", path=path, rc=0)
+    timings.mark("start", run="b", path=path)
+    timings.record("cells: the main table", 12.5, run="b", path=path)  # then SIGKILL: no end
+    frame = timings.read_timings(path)
+    assert frame.attrs["skipped"] == 0 and list(frame.step) == ["cells: the main table", "01_data",
+                                                                 "cells: the main table"]
+    runs = timings.run_summary(path)
+    assert list(runs.index) == ["a", "b"] and runs.steps.tolist() == [2, 1] and runs.total_s.tolist() == [43.0, 12.5]
+    assert runs.loc["a", "ended"].startswith("exited 0 at ") and runs.started.notna().all()
+    assert runs.loc["b", "ended"] == "no end recorded (killed, or still running)"
+    assert runs.loc["b", "last_step"] == frame.finished.iloc[-1]
+    with pytest.raises(ValueError, match="event must be one of start, end"):
+        timings.mark("stop", run="b", path=path)
