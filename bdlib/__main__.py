@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -158,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.target is not None:
                 parameters["target"] = args.target
             # a start and an end marker: a run killed outright (a time limit) shows as such in `timings --runs`
-            mark("start", run=run_id, profile=args.profile, dataset=args.dataset, command=" ".join(sys.argv[1:]))
+            command = shlex.join(sys.argv[1:] if argv is None else argv)
+            mark("start", run=run_id, profile=args.profile, dataset=args.dataset, command=command)
             try:
                 rc = _run(args, parameters, run_id)
             except BaseException as exc:
-                mark("end", run=run_id, rc=None, error=type(exc).__name__)
+                with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                    mark("end", run=run_id, rc=None, error=type(exc).__name__)
                 raise
             mark("end", run=run_id, rc=rc)
             return rc
@@ -250,11 +254,15 @@ def _timings(args) -> int:
     frame = read_timings()
     if frame.attrs["skipped"]:
         print(f"warning: {frame.attrs['skipped']} unreadable line(s) in {timings_path()} skipped", file=sys.stderr)
-    if frame.empty:
+    runs = run_summary()
+    if runs.empty:
         print(f"no timings recorded yet in {timings_path()}: `python -m bdlib run` records one line per step")
         return 0
-    if args.runs:
-        print(run_summary().round(1).to_string())
+    if args.runs:  # before any step: a run killed in its first step has only its start marker
+        print(runs.round(1).to_string())
+        return 0
+    if frame.empty:
+        print(f"no step finished yet in {timings_path()}; `--runs` lists the runs started")
         return 0
     table = run_table(frame, args.run)
     cols = [c for c in ("step", "seconds", "cumulative_s", "finished", "profile", "dataset", "jobs", "cores")

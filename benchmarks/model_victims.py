@@ -20,11 +20,13 @@ README's *Models* section.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
 def stored_victims(store_root: Path, models: list[str]):
-    """One row per stored victim (clean model or backdoored) of ``models``, any data set and recipe."""
+    """One row per stored victim (clean model or backdoored) of ``models``, any data set, recipe,
+    attack setting and seed (``--profile``, ``--seed`` and the recipe options do not filter it)."""
     import pandas as pd
 
     from bdlib.store import Store
@@ -37,13 +39,15 @@ def stored_victims(store_root: Path, models: list[str]):
         history = m.get("history") or [{}]
         rows.append({"model": c["model"], "dataset": c["dataset"], "seed": c["seed"], "train_lr": c["train_lr"],
                      "train_epochs": c["train_epochs"], "train_batch_size": c["train_batch_size"],
-                     "attack": c["attack"] or "none (clean)", "acc": m["acc"], "asr": m["asr"],
+                     "attack": c["attack"] or "none (clean)", "attack_knobs": json.dumps(c.get("attack_knobs") or {}),
+                     "poison_rate": c.get("poison_rate"), "target": c.get("target"), "acc": m["acc"], "asr": m["asr"],
                      "best_epoch": m.get("best_epoch"), "best_val_acc": max(h.get("val_acc", float("nan")) for h in history),
                      "last_train_acc": history[-1].get("train_acc"), "train_time_s": m["train_time_s"],
                      "torch_threads": m.get("torch_threads"), "git_commit": m.get("git_commit")})
     if not rows:
         raise SystemExit(f"no stored victim of {models} under {store_root}")
-    return pd.DataFrame(rows).sort_values(["model", "dataset", "train_lr", "train_epochs", "attack"], ignore_index=True)
+    table = pd.DataFrame(rows).astype({"target": "Int64"})  # the clean model has none
+    return table.sort_values(["model", "dataset", "train_lr", "train_epochs", "attack"], ignore_index=True)
 
 
 def main() -> None:

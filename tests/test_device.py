@@ -246,9 +246,10 @@ def test_the_smoke_path_on_cuda_agrees_with_the_cpu(cpu_run, data_dir, tmp_path)
     # the whole path on the GPU, victim training included, in a fresh store
     fresh = smoke_path(experiment(data_dir, tmp_path / "fresh", device="cuda"))
     assert set(fresh) == set(ref)
-    for label, metrics in fresh.items():  # another network (other numerics), the same recipe: near the CPU's
-        for metric in ("acc", "asr"):
-            assert abs(metrics[metric] - ref[label][metric]) <= METRIC_TOL, (label, metric, metrics, ref[label])
+    # another victim (other numerics and dropout stream), the same recipe: it is planted and learns as the CPU's
+    # did; the defenses start from it, so their metrics after are not compared (only where they ran, below)
+    for metric in ("acc", "asr"):
+        assert abs(fresh["victim"][metric] - ref["victim"][metric]) <= METRIC_TOL, (metric, fresh["victim"], ref)
     assert {d for k, (_, d) in stored(tmp_path / "fresh").items() if k.split("/")[0] in ("models", "defenses")} == {
         str(gpu.device)}
 

@@ -87,6 +87,11 @@ def test_cli_prints_the_latest_run_and_the_list_of_runs(tmp_path, monkeypatch, c
     monkeypatch.setenv("BDLIB_DATA", str(tmp_path))
     assert main(["timings"]) == 0
     assert "no timings recorded yet" in capsys.readouterr().out
+    timings.mark("start", run="r0")  # killed in its first step: only its start is recorded
+    assert main(["timings", "--runs"]) == 0
+    assert "r0" in (out := capsys.readouterr().out) and "no end recorded" in out
+    assert main(["timings"]) == 0
+    assert "no step finished yet" in capsys.readouterr().out
     timings.record("study (smallcnn)", 100.0, run="r1")
     timings.record("01_data", 5.0, run="r1")
     timings.record("01_data", 4.0, run="r2")
