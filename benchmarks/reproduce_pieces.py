@@ -165,8 +165,7 @@ def piece_table(data: Path):
     for i, p in enumerate(pieces):
         begin = _time(p["started"])
         nxt = _time(pieces[i + 1]["started"]) if i + 1 < len(pieces) else None
-        before_next = steps.finished_at < nxt if nxt is not None else steps.finished_at == steps.finished_at
-        mine = steps[(steps.finished_at >= begin) & before_next]
+        mine = steps[(steps.finished_at >= begin) & ((steps.finished_at < nxt) if nxt is not None else True)]
         if "ended" in p:
             end, how = _time(p["ended"]), f"exited {p['rc']}"
         else:
