@@ -515,36 +515,6 @@ def victim_attacks(profile: str | Profile) -> list[str]:
     return list(ATTACKS if prof.defense_attacks is None else prof.defense_attacks)
 
 
-def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
-                   attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
-                   progress: bool = True, dataset: str = "embedded", dataset_root=None, dataset_options=None,
-                   target: str | int | None = None, device: str | None = None, **knobs) -> list[dict]:
-    """One defense against every victim a defense notebook covers — a one-defense
-    :class:`bdlib.study.Study` run in this process: each (model, attack) of the profile
-    (``attacks=None``: :func:`victim_attacks`), every victim at its own attack's front end
-    (the ultrasonic one at 44.1 kHz) with the knobs its attack notebook trained it with.
-    Returns the :meth:`Experiment.defend` records of the victims the defense applies to; a
-    model it refuses (:class:`bdlib.defenses.DefenseNotApplicable`: ANP on a model without
-    normalisation layers, say) is skipped with a printed line naming the model and the reason,
-    and every other cell still runs (issue 13)."""
-    from .study import NOT_APPLICABLE, Study
-
-    study = Study(profile, dataset=dataset, dataset_root=dataset_root, dataset_options=dataset_options or {},
-                  attacks=None if attacks is None else list(attacks), defenses={defense: knobs}, seeds=(seed,),
-                  clean_fraction=clean_fraction, target=target, include_clean=False, device=device)
-    cells = study.defense_cells()
-    from tqdm import tqdm
-
-    records = []
-    for cell in tqdm(cells, desc=f"{defense} on {len(cells)} victims", disable=not progress):
-        record = cell.run_or_refuse()
-        if record.get("status") == NOT_APPLICABLE:
-            print(f"{defense} does not apply to {cell.victim.model} ({cell.victim.attack}): {record['reason']}")
-        else:
-            records.append(record)
-    return records
-
-
 def load_experiment(profile: str | Profile = "default", seed: int = 0, progress: bool = True,
                     features: str | FeatureConfig = "16k", dataset: str = "embedded",
                     dataset_root: str | os.PathLike | None = None, dataset_options: dict | None = None,

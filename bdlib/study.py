@@ -673,3 +673,32 @@ def main_table_study(profile: str | Profile = "default", seeds=None, attacks=Non
 __all__ = ["DatasetSpec", "DefenseCell", "DependentCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE",
            "OK", "Study", "VictimCell", "collection_study", "compute_cells", "forget_experiments", "main_table_study",
            "matched_ft_knobs", "mean_sd", "pivot", "profile_models", "refusal", "runs_serially"]
+
+
+def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
+                   attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
+                   progress: bool = True, dataset: str = "embedded", dataset_root=None, dataset_options=None,
+                   target: str | int | None = None, device: str | None = None, **knobs) -> list[dict]:
+    """One defense against every victim a defense notebook covers — a one-defense
+    :class:`Study` run in this process: each (model, attack) of the profile
+    (``attacks=None``: :func:`bdlib.pipeline.victim_attacks`), every victim at its own attack's front end
+    (the ultrasonic one at 44.1 kHz) with the knobs its attack notebook trained it with.
+    Returns the :meth:`Experiment.defend` records of the victims the defense applies to; a
+    model it refuses (:class:`bdlib.defenses.DefenseNotApplicable`: ANP on a model without
+    normalisation layers, say) is skipped with a printed line naming the model and the reason,
+    and every other cell still runs (issue 13). It lives here, not in :mod:`bdlib.pipeline`,
+    because it is built on :class:`Study`, which sits above the pipeline."""
+    study = Study(profile, dataset=dataset, dataset_root=dataset_root, dataset_options=dataset_options or {},
+                  attacks=None if attacks is None else list(attacks), defenses={defense: knobs}, seeds=(seed,),
+                  clean_fraction=clean_fraction, target=target, include_clean=False, device=device)
+    cells = study.defense_cells()
+    from tqdm import tqdm
+
+    records = []
+    for cell in tqdm(cells, desc=f"{defense} on {len(cells)} victims", disable=not progress):
+        record = cell.run_or_refuse()
+        if record.get("status") == NOT_APPLICABLE:
+            print(f"{defense} does not apply to {cell.victim.model} ({cell.victim.attack}): {record['reason']}")
+        else:
+            records.append(record)
+    return records

@@ -55,7 +55,8 @@ def test_cli_rejects_unknown_profile():
 
 def test_defense_notebooks_cover_the_profiles_victims():
     from bdlib.attacks import ATTACKS
-    from bdlib.pipeline import defend_victims, victim_attacks
+    from bdlib.pipeline import victim_attacks
+    from bdlib.study import defend_victims
 
     assert victim_attacks("smoke") == ["badnets", "badnets_burst"]
     assert set(victim_attacks("default")) == set(ATTACKS) and len(victim_attacks("default")) == len(ATTACKS.names())

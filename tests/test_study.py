@@ -467,13 +467,14 @@ def test_poison_rate_grid_and_its_tables(fake_cells):
 
 
 def test_defend_victims_skips_a_refused_model_naming_it_and_runs_the_rest(fake_cells, capsys):
-    """A defense notebook (bdlib.pipeline.defend_victims) over two models, one of which ANP
+    """A defense notebook (bdlib.study.defend_victims) over two models, one of which ANP
     refuses: the refused victim is reported by name and reason, the other is defended."""
-    from bdlib import pipeline
+    from bdlib.profiles import get_profile
+    from bdlib.study import defend_victims
 
     log, _ = fake_cells
-    smoke = pipeline.get_profile("smoke", models=("smallcnn", "rnn"))
-    records = pipeline.defend_victims("anp", smoke, attacks=["badnets"], progress=False)
+    smoke = get_profile("smoke", models=("smallcnn", "rnn"))
+    records = defend_victims("anp", smoke, attacks=["badnets"], progress=False)
     assert [r["config"]["victim"]["model"] for r in records] == ["smallcnn"]
     assert all("status" not in r for r in records)  # only runs that happened come back
     out = capsys.readouterr().out
