@@ -124,7 +124,7 @@ def budget_curve_key(victim: dict, defense: str, knobs: dict, n_clean: int, clea
 
 def observation_key(victim: dict, defenses: dict, settings: dict, layers: list, loss_change_layers: list,
                     observation_code: str) -> dict:
-    """One victim's observation (:mod:`bdlib.observation_grid`): the victim's key, the keys of the
+    """One victim's observation (:mod:`bdlib.observation_cell`): the victim's key, the keys of the
     defense runs it observes (``{"ft": ..., "gnft": ...}``, code fingerprints nested), the
     observation's settings and layers, and ``observation_code``, the fingerprint of the modules
     that observe (passed in: keys does not import its callers)."""

@@ -87,7 +87,8 @@ def observation_cells(profile: str, device: str | None = None, seed: int = 0, se
     the model rows). With a model that has no units to observe (``rnn``) the notebook refuses
     to run, so none of its cells is computed here; a line says so, and the run's other notebooks
     still run."""
-    from .observation_grid import observable, observation_grid
+    from .observation_cell import observable
+    from .observation_grid import observation_grid
 
     prof = get_profile(profile)
     rows = {} if models else (prof.model_rows if model_rows is None else model_rows)

@@ -425,7 +425,7 @@ def runs_serially(scheduler: str | None = None, serial: bool | None = None) -> b
 
 class DependentCell(Protocol):
     """A cell that runs on one victim — :class:`DefenseCell`, :class:`bdlib.curve_grids.CurveCell`,
-    :class:`bdlib.observation_grid.ObservationCell` — as :func:`compute_cells` takes it: picklable,
+    :class:`bdlib.observation_cell.ObservationCell` — as :func:`compute_cells` takes it: picklable,
     equal by value (so a shared cell is one task)."""
 
     victim: VictimCell

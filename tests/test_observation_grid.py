@@ -1,4 +1,4 @@
-"""Notebook 31's observation as store cells (bdlib/observation_grid.py): computed once, read back
+"""Notebook 31's observation as store cells (bdlib/observation_cell.py, built by bdlib/observation_grid.py): computed once, read back
 exactly, keyed by its settings and by the defense runs it observes; a model without units is
 refused before anything trains."""
 import pickle
@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bdlib.observation_grid as og
+import bdlib.observation_cell as oc
 from bdlib.observation import CLASSES
-from bdlib.observation_grid import ObservationSettings, observation_cells, observation_results, observed_units
+from bdlib.observation_cell import ObservationSettings
+from bdlib.observation_grid import observation_cells, observation_results, observed_units
 from bdlib.profiles import get_profile
 
 from test_study_on_real_layouts import TINY, make_folder_corpus
@@ -30,8 +31,8 @@ def test_an_observation_is_stored_once_and_read_back_exactly(corpus, tmp_path, m
     cells = _cells(corpus, tmp_path / "data")
     assert len(cells) == 1 and pickle.loads(pickle.dumps(cells[0])) == cells[0]
     computed = []
-    real = og.observation_table
-    monkeypatch.setattr(og, "observation_table", lambda *a, **kw: computed.append(real(*a, **kw)) or computed[-1])
+    real = oc.observation_table
+    monkeypatch.setattr(oc, "observation_table", lambda *a, **kw: computed.append(real(*a, **kw)) or computed[-1])
     table, stages = observation_results(cells, progress=False)
     # what the store gives back is what observation_table returned, dtypes and categories included
     assert len(computed) == 1
@@ -39,20 +40,25 @@ def test_an_observation_is_stored_once_and_read_back_exactly(corpus, tmp_path, m
     units = observed_units(cells)
     # every unit of every observed layer, once per stage; classes fixed on the victim
     assert len(table) == 3 * sum(units.values())
-    assert list(stages.stage) == list(og.STAGES) and stages[["acc", "asr"]].notna().all().all()
+    assert list(stages.stage) == list(oc.STAGES) and stages[["acc", "asr"]].notna().all().all()
     for col in ("class", "class_at_stage", "class_lc"):
         assert list(table[col].cat.categories) == list(CLASSES)
     first = [layer for model, layer in units][0]
     assert table.loc[table.layer == first, "class_lc"].isna().all()  # the loss change skips the first layer
     assert table["class_lc"].notna().any()
     store = cells[0].victim.experiment().store
-    assert len(store.records(og.KIND)) == 1
+    assert len(store.records(oc.KIND)) == 1
+    # the key fingerprints what observes (observation, observation_cell), not the grid builders
+    import bdlib.observation as observation
+    from bdlib.fingerprint import code_fingerprint
+
+    assert store.records(oc.KIND)[0]["config"]["code"] == code_fingerprint(observation, oc)
     n_defenses = len(store.records("defenses"))
 
     def fail(*a, **kw):
         raise AssertionError("recomputed an observation the store holds")
 
-    monkeypatch.setattr(og, "observation_table", fail)
+    monkeypatch.setattr(oc, "observation_table", fail)
     again, stages_again = observation_results(cells, progress=False)
     pd.testing.assert_frame_equal(table, again, check_exact=True)
     pd.testing.assert_frame_equal(stages, stages_again, check_exact=True)
@@ -64,12 +70,12 @@ def test_an_observation_is_stored_once_and_read_back_exactly(corpus, tmp_path, m
     # another class rule is another observation; the FT and GN-FT runs it observes are reused
     other = _cells(corpus, tmp_path / "data", backdoor_ratio=3.0)
     table3, _ = observation_results(other, progress=False)
-    assert len(store.records(og.KIND)) == 2 and len(store.records("defenses")) == n_defenses
+    assert len(store.records(oc.KIND)) == 2 and len(store.records("defenses")) == n_defenses
     np.testing.assert_array_equal(table3.grad_norm, table.grad_norm)  # the rule changes labels, not gradients
     assert (table3["class"] == "backdoor").sum() <= (table["class"] == "backdoor").sum()
     # another FT learning rate is another FT run and another observation (its key nests the run's)
     table4, stages4 = observation_results(_cells(corpus, tmp_path / "data", ft_lr=0.05), progress=False)
-    assert len(store.records(og.KIND)) == 3 and len(store.records("defenses")) == n_defenses + 1
+    assert len(store.records(oc.KIND)) == 3 and len(store.records("defenses")) == n_defenses + 1
     after_ft = table4.stage == "after FT"
     assert not np.array_equal(table4.grad_norm[after_ft], table.grad_norm[after_ft])
     np.testing.assert_array_equal(table4.grad_norm[~after_ft], table.grad_norm[~after_ft])
