@@ -4,8 +4,10 @@ Paper setting (GN-FT, Sec. 4.1, and the authors' code): 16 kHz, 40 coefficients,
 n_fft 400, hop 160, torchaudio's default 128 mel bands -> 101 frames × 40 coefficients
 per 1 s clip, laid out (1, frames, coefficients) so the BadNets patch is "the last 5
 frames × the last 5 coefficients". The ultrasonic attack uses 44.1 kHz with n_fft 1103,
-hop 441 (100 × 40). torchaudio is used rather than librosa, whose first MFCC call spends
-~20 s JIT-compiling with numba.
+hop 441: 100 × 40, not 101, because torchaudio centres each frame by padding
+n_fft // 2 = 551 samples on each side, one short of the odd 1103-sample window.
+torchaudio is used rather than librosa, whose first MFCC call spends ~20 s
+JIT-compiling with numba.
 """
 from __future__ import annotations
 
@@ -27,9 +29,6 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def n_frames(self, n_samples: int) -> int:
-        return n_samples // self.hop_length + 1
 
 
 PAPER_16K = FeatureConfig()
