@@ -670,11 +670,6 @@ def main_table_study(profile: str | Profile = "default", seeds=None, attacks=Non
     return replace(grid, attacks=chosen, defenses=table, include_clean=include_clean)
 
 
-__all__ = ["DatasetSpec", "DefenseCell", "DependentCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE",
-           "OK", "Study", "VictimCell", "collection_study", "compute_cells", "forget_experiments", "main_table_study",
-           "matched_ft_knobs", "mean_sd", "pivot", "profile_models", "refusal", "runs_serially"]
-
-
 def defend_victims(defense: str, profile: str | Profile = "default", seed: int = 0,
                    attacks: tuple[str, ...] | list[str] | None = None, clean_fraction: float | None = None,
                    progress: bool = True, dataset: str = "embedded", dataset_root=None, dataset_options=None,
@@ -702,3 +697,8 @@ def defend_victims(defense: str, profile: str | Profile = "default", seed: int =
         else:
             records.append(record)
     return records
+
+
+__all__ = ["DatasetSpec", "DefenseCell", "DependentCell", "DuplicateCellsError", "NOTEBOOK_DEFENSES", "NOT_APPLICABLE",
+           "OK", "Study", "VictimCell", "collection_study", "compute_cells", "defend_victims", "forget_experiments",
+           "main_table_study", "matched_ft_knobs", "mean_sd", "pivot", "profile_models", "refusal", "runs_serially"]
